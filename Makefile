@@ -1,0 +1,26 @@
+# The newcomer's commands: `make demo` and `make test`. Both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fcos_d2-installed
+TORCH := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: setup test demo clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py tools/install_detectron2.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -c "import torchvision.ops" 2>/dev/null || $(PY) -m pip install $(TORCH)
+	bash tools/install_detectron2.sh $(PY)
+	$(PY) -m pip install -e ".[test]"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) tools/run_demo.py
+
+clean:
+	rm -rf output

@@ -1,0 +1,69 @@
+"""Config keys of fcos_d2. Every key lives under ``MODEL.FCOS``."""
+
+from detectron2.config import CfgNode as CN
+
+
+def add_fcos_config(cfg: CN) -> None:
+    """Add the ``MODEL.FCOS`` keys, with the paper's defaults, to a Detectron2 config.
+
+    Call it before ``merge_from_file`` so that a misspelled key in a YAML is an error.
+    """
+    _C = cfg
+    _C.MODEL.FCOS = CN()
+
+    # Number of foreground classes (K).
+    _C.MODEL.FCOS.NUM_CLASSES = 80
+    # Backbone features the head reads, from the finest level to the coarsest.
+    _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Stride s of each of those levels, in input pixels.
+    _C.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 128]
+    # Centre of location (x, y) on a level of stride s: ((x + offset) * s, (y + offset) * s).
+    # 0.5 is the centre of the cell (the paper's floor(s/2) + x*s); torchvision uses 0.0.
+    _C.MODEL.FCOS.LOCATION_OFFSET = 0.5
+
+    # Extra levels P6, P7 built by the backbone on top of the FPN (0 or 2).
+    _C.MODEL.FCOS.TOP_LEVELS = 2
+    # What P6 is computed from: "p5" (FCOS paper, improved) or "res5" (C5, as in RetinaNet).
+    _C.MODEL.FCOS.TOP_LEVELS_IN_FEATURE = "p5"
+
+    # Head. pi in the paper: initial foreground probability of the classifier.
+    _C.MODEL.FCOS.PRIOR_PROB = 0.01
+    # Convs in the classification tower, the box tower, and shared before both.
+    _C.MODEL.FCOS.NUM_CLS_CONVS = 4
+    _C.MODEL.FCOS.NUM_BOX_CONVS = 4
+    _C.MODEL.FCOS.NUM_SHARE_CONVS = 0
+    # Normalization in the towers: "GN", "BN", "SyncBN" or "none".
+    _C.MODEL.FCOS.NORM = "GN"
+    # Learnable scalar per level multiplying the regression output (exp(s_i x) in the paper).
+    _C.MODEL.FCOS.USE_SCALE = True
+    # Regress distances in units of the level's stride, with a ReLU (improved FCOS);
+    # when off, distances are exp() of the output, in pixels (the paper's first version).
+    _C.MODEL.FCOS.NORM_REG_TARGETS = True
+    # Predict centerness from the regression tower (True) or the classification tower.
+    _C.MODEL.FCOS.CENTERNESS_ON_REG = True
+    # Deformable conv (torchvision.ops.deform_conv2d) as the last conv of each tower.
+    _C.MODEL.FCOS.USE_DEFORMABLE = False
+
+    # Targets. Centre sampling: a location is positive only within radius * stride of the
+    # box centre (clipped to the box). 0 turns centre sampling off.
+    _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    # m_2 .. m_5: boundaries between the size ranges of consecutive levels, in pixels.
+    # Level i takes boxes with m_{i-1} <= max(l*, t*, r*, b*) <= m_i (m_1 = 0, m_last = inf).
+    _C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
+
+    # Losses. Focal loss alpha and gamma for the classifier.
+    _C.MODEL.FCOS.LOSS_ALPHA = 0.25
+    _C.MODEL.FCOS.LOSS_GAMMA = 2.0
+    # Box regression loss: "iou" (-log IoU, the paper's), "giou", "diou" or "ciou".
+    _C.MODEL.FCOS.BOX_LOSS_TYPE = "giou"
+
+    # Inference. Candidates below this score are dropped before top-k.
+    _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05
+    # Apply the threshold to sqrt(cls * centerness) (True) or to the class score alone.
+    _C.MODEL.FCOS.THRESH_WITH_CENTERNESS = False
+    # Candidates kept per level before NMS.
+    _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+    # IoU threshold of the class-aware NMS.
+    _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
+    # Detections kept per image after NMS.
+    _C.MODEL.FCOS.DETECTIONS_PER_IMAGE = 100

@@ -1,0 +1,171 @@
+"""The FCOS head: classification, box-regression and centerness branches shared by all levels.
+
+Naming: N images, K classes, L pyramid levels; a level has H x W locations.
+"""
+
+import math
+from typing import List, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec, get_norm
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import DeformConv2d
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplying its input (s_i in the paper, one per level)."""
+
+    def __init__(self, init_value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init_value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+class DeformableConv3x3(nn.Module):
+    """3x3 deformable conv whose offsets come from a plain conv initialised to zero.
+
+    Uses ``torchvision.ops.deform_conv2d``, so no compiled extension is needed.
+    At initialisation it computes the same function as a plain 3x3 conv.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.offset = nn.Conv2d(in_channels, 2 * 3 * 3, kernel_size=3, padding=1)
+        nn.init.zeros_(self.offset.weight)
+        nn.init.zeros_(self.offset.bias)  # (x, y) offsets of the 9 taps
+        self.conv = DeformConv2d(in_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x, self.offset(x))
+
+
+def _tower(
+    channels: int, num_convs: int, norm: str, deformable_last: bool
+) -> nn.Sequential:
+    """``num_convs`` x (3x3 conv, norm, ReLU); the last conv deformable if asked."""
+    layers: List[nn.Module] = []
+    for i in range(num_convs):
+        if deformable_last and i == num_convs - 1:
+            layers.append(DeformableConv3x3(channels, channels))
+        else:
+            layers.append(nn.Conv2d(channels, channels, kernel_size=3, padding=1))
+        if norm:
+            layers.append(get_norm(norm, channels))
+        layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class FCOSHead(nn.Module):
+    """Shared convolutional head applied to every pyramid level.
+
+    For each level it returns class logits, box distances (l, t, r, b) and a centerness
+    logit. Box distances are non-negative and in units of the level's stride when
+    ``norm_reg_targets`` is on, else ``exp`` of the output, in pixels.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        input_shape: List[ShapeSpec],
+        num_classes: int,
+        num_cls_convs: int = 4,
+        num_box_convs: int = 4,
+        num_share_convs: int = 0,
+        norm: str = "GN",
+        prior_prob: float = 0.01,
+        use_scale: bool = True,
+        norm_reg_targets: bool = True,
+        centerness_on_reg: bool = True,
+        use_deformable: bool = False,
+    ):
+        """
+        Args:
+            input_shape: shapes of the input features, one per level; all must have the
+                same number of channels, which is also the width of the towers.
+            num_classes: K, number of foreground classes.
+            num_cls_convs, num_box_convs, num_share_convs: convs in the classification
+                tower, the box tower, and the shared tower in front of both.
+            norm: "GN", "BN", "SyncBN", or "" / "none" for no normalization.
+            prior_prob: initial foreground probability of the classifier.
+            use_scale: learnable scalar per level on the regression output.
+            norm_reg_targets: regress ReLU'd distances in stride units (else exp, pixels).
+            centerness_on_reg: centerness from the box tower (else the class tower).
+            use_deformable: the last conv of each tower is deformable.
+        """
+        super().__init__()
+        channels = {s.channels for s in input_shape}
+        if len(channels) != 1:
+            raise ValueError(f"FCOS head needs equal channels on every level, got {channels}")
+        (width,) = channels
+        norm = "" if norm.lower() == "none" else norm
+        self.num_classes = num_classes
+        self.norm_reg_targets = norm_reg_targets
+        self.centerness_on_reg = centerness_on_reg
+
+        self.share_tower = _tower(width, num_share_convs, norm, use_deformable)
+        self.cls_tower = _tower(width, num_cls_convs, norm, use_deformable)
+        self.box_tower = _tower(width, num_box_convs, norm, use_deformable)
+        self.cls_logits = nn.Conv2d(width, num_classes, kernel_size=3, padding=1)
+        self.box_pred = nn.Conv2d(width, 4, kernel_size=3, padding=1)
+        self.centerness = nn.Conv2d(width, 1, kernel_size=3, padding=1)
+        self.scales = (
+            nn.ModuleList([Scale() for _ in input_shape]) if use_scale else None
+        )
+        self._init_weights(prior_prob)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: List[ShapeSpec]) -> dict:
+        fcos = cfg.MODEL.FCOS
+        return {
+            "input_shape": input_shape,
+            "num_classes": fcos.NUM_CLASSES,
+            "num_cls_convs": fcos.NUM_CLS_CONVS,
+            "num_box_convs": fcos.NUM_BOX_CONVS,
+            "num_share_convs": fcos.NUM_SHARE_CONVS,
+            "norm": fcos.NORM,
+            "prior_prob": fcos.PRIOR_PROB,
+            "use_scale": fcos.USE_SCALE,
+            "norm_reg_targets": fcos.NORM_REG_TARGETS,
+            "centerness_on_reg": fcos.CENTERNESS_ON_REG,
+            "use_deformable": fcos.USE_DEFORMABLE,
+        }
+
+    def _init_weights(self, prior_prob: float) -> None:
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, DeformConv2d)):
+                nn.init.normal_(module.weight, std=0.01)
+                nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, DeformableConv3x3):
+                # Zero offsets: the head starts as a plain conv head.
+                nn.init.zeros_(module.offset.weight)
+        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """
+        Args:
+            features: one (N, C, H, W) map per level, finest first.
+
+        Returns:
+            Three lists with one tensor per level: class logits (N, K, H, W),
+            box distances (N, 4, H, W) and centerness logits (N, 1, H, W).
+        """
+        logits, box_dists, centerness = [], [], []
+        for level, feature in enumerate(features):
+            shared = self.share_tower(feature)
+            cls_feature = self.cls_tower(shared)
+            box_feature = self.box_tower(shared)
+            logits.append(self.cls_logits(cls_feature))
+            centerness.append(
+                self.centerness(box_feature if self.centerness_on_reg else cls_feature)
+            )
+            box = self.box_pred(box_feature)  # (N, 4, H, W)
+            if self.scales is not None:
+                box = self.scales[level](box)
+            box_dists.append(F.relu(box) if self.norm_reg_targets else torch.exp(box))
+        return logits, box_dists, centerness

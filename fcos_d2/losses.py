@@ -1,0 +1,120 @@
+"""FCOS losses: focal loss, centerness-weighted box loss, centerness BCE.
+
+Naming: N images, R locations, K classes, P positive locations in the batch.
+"""
+
+from typing import Dict
+
+import torch
+import torch.distributed as dist
+from detectron2.layers.losses import ciou_loss, diou_loss
+from detectron2.utils import comm
+from fvcore.nn import giou_loss, sigmoid_focal_loss
+from torch import Tensor
+from torch.nn import functional as F
+
+from .targets import centerness_targets
+
+BOX_LOSS_TYPES = ("iou", "giou", "diou", "ciou")
+
+
+def reduce_mean(value: Tensor) -> Tensor:
+    """Average a tensor over all processes (identity when not distributed)."""
+    world_size = comm.get_world_size()
+    if world_size == 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value)
+    return value / world_size
+
+
+def _ltrb_to_boxes(dists: Tensor) -> Tensor:
+    """Distances (l, t, r, b) from a location at the origin to the box (x0, y0, x1, y1)."""
+    return torch.cat([-dists[:, :2], dists[:, 2:]], dim=1)
+
+
+def _neg_log_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """-log IoU of boxes given as distances from the same location (the paper's IoU loss)."""
+    pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
+    target_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
+    overlap = torch.min(pred, target)  # (P, 4): both boxes contain the location
+    intersection = (overlap[:, 0] + overlap[:, 2]) * (overlap[:, 1] + overlap[:, 3])
+    iou = intersection / (pred_area + target_area - intersection).clamp(min=eps)
+    return -torch.log(iou.clamp(min=eps))
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, loss_type: str) -> Tensor:
+    """Per-location box loss between (P, 4) predicted and target distances (l, t, r, b).
+
+    Returns:
+        (P,) losses.
+    """
+    if loss_type == "iou":
+        return _neg_log_iou(pred, target)
+    pred_boxes, target_boxes = _ltrb_to_boxes(pred), _ltrb_to_boxes(target)
+    if loss_type == "giou":
+        return giou_loss(pred_boxes, target_boxes, reduction="none")
+    if loss_type == "diou":
+        return diou_loss(pred_boxes, target_boxes, reduction="none")
+    if loss_type == "ciou":
+        return ciou_loss(pred_boxes, target_boxes, reduction="none")
+    raise ValueError(f"MODEL.FCOS.BOX_LOSS_TYPE must be one of {BOX_LOSS_TYPES}, got {loss_type!r}")
+
+
+def fcos_losses(
+    pred_logits: Tensor,
+    pred_box_dists: Tensor,
+    pred_centerness: Tensor,
+    labels: Tensor,
+    box_targets: Tensor,
+    *,
+    num_classes: int,
+    focal_loss_alpha: float = 0.25,
+    focal_loss_gamma: float = 2.0,
+    box_loss_type: str = "giou",
+) -> Dict[str, Tensor]:
+    """The three FCOS losses for a batch.
+
+    Classification and centerness losses are normalised by the number of positives,
+    the box loss by the sum of the positives' centerness targets; both normalisers are
+    averaged across processes, so the result does not depend on how a batch is split.
+
+    Args:
+        pred_logits: (N, R, K) class logits.
+        pred_box_dists: (N, R, 4) predicted distances, in the units of ``box_targets``.
+        pred_centerness: (N, R) centerness logits.
+        labels: (N, R) in [0, K]; K is background, negative values are ignored.
+        box_targets: (N, R, 4) target distances (l, t, r, b).
+        num_classes: K.
+        focal_loss_alpha, focal_loss_gamma: focal loss parameters.
+        box_loss_type: one of ``BOX_LOSS_TYPES``.
+
+    Returns:
+        ``loss_fcos_cls``, ``loss_fcos_loc`` and ``loss_fcos_ctr``.
+    """
+    valid = labels >= 0  # (N, R)
+    positive = valid & (labels < num_classes)  # (N, R)
+    num_positive = reduce_mean(positive.sum().to(pred_logits.dtype)).clamp(min=1.0)
+
+    # One-hot over K + 1 columns, then drop the background column.
+    cls_targets = F.one_hot(labels[valid], num_classes + 1)[:, :num_classes]  # (V, K)
+    loss_cls = sigmoid_focal_loss(
+        pred_logits[valid],
+        cls_targets.to(pred_logits.dtype),
+        alpha=focal_loss_alpha,
+        gamma=focal_loss_gamma,
+        reduction="sum",
+    )
+
+    positive_targets = box_targets[positive]  # (P, 4)
+    ctr_targets = centerness_targets(positive_targets)  # (P,)
+    ctr_normalizer = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
+    loss_box = box_regression_loss(pred_box_dists[positive], positive_targets, box_loss_type)
+    loss_ctr = F.binary_cross_entropy_with_logits(
+        pred_centerness[positive], ctr_targets, reduction="sum"
+    )
+    return {
+        "loss_fcos_cls": loss_cls / num_positive,
+        "loss_fcos_loc": (loss_box * ctr_targets).sum() / ctr_normalizer,
+        "loss_fcos_ctr": loss_ctr / num_positive,
+    }

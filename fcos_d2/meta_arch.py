@@ -1,0 +1,218 @@
+"""The FCOS meta-architecture: wires backbone, head, target assignment, losses and inference.
+
+Naming: N images, R locations over all levels, K classes.
+"""
+
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import ImageList, Instances
+from torch import Tensor, nn
+
+from .head import FCOSHead
+from .inference import fcos_inference_single_image
+from .losses import BOX_LOSS_TYPES, fcos_losses
+from .targets import LocationGrid, assign_targets, make_location_grid
+
+# Grids kept per (feature sizes, device); multi-scale training sees a few dozen.
+_GRID_CACHE_SIZE = 64
+
+
+@META_ARCH_REGISTRY.register()
+class FCOS(DenseDetector):
+    """FCOS: Fully Convolutional One-Stage Object Detection (Tian et al., 2019)."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        head: nn.Module,
+        head_in_features: List[str],
+        strides: Sequence[int],
+        num_classes: int,
+        sizes_of_interest: Sequence[float] = (64, 128, 256, 512),
+        location_offset: float = 0.5,
+        center_sampling_radius: float = 1.5,
+        norm_reg_targets: bool = True,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        box_loss_type: str = "giou",
+        score_thresh: float = 0.05,
+        thresh_with_centerness: bool = False,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.6,
+        max_detections_per_image: int = 100,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+    ):
+        """
+        Args:
+            backbone: produces the pyramid features.
+            head: maps the features of ``head_in_features`` to per-level class logits,
+                box distances and centerness logits (see :class:`FCOSHead`).
+            head_in_features: names of the pyramid levels, finest first.
+            strides: stride of each of those levels.
+            num_classes: K.
+            sizes_of_interest: the boundaries m_2..m_L between the levels' size ranges.
+            location_offset: a location's position inside its cell, in strides.
+            center_sampling_radius: in strides; 0 turns centre sampling off.
+            norm_reg_targets: the head regresses distances in stride units.
+            focal_loss_alpha, focal_loss_gamma: focal loss parameters.
+            box_loss_type: "iou", "giou", "diou" or "ciou".
+            score_thresh, thresh_with_centerness, topk_candidates, nms_thresh,
+                max_detections_per_image: inference, see :func:`fcos_inference_single_image`.
+            pixel_mean, pixel_std: input normalisation.
+        """
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        if box_loss_type not in BOX_LOSS_TYPES:
+            raise ValueError(
+                f"MODEL.FCOS.BOX_LOSS_TYPE must be one of {BOX_LOSS_TYPES}, got {box_loss_type!r}"
+            )
+        self.strides = list(strides)
+        self.num_classes = num_classes
+        self.sizes_of_interest = list(sizes_of_interest)
+        self.location_offset = location_offset
+        self.center_sampling_radius = center_sampling_radius
+        self.norm_reg_targets = norm_reg_targets
+        # Loss parameters:
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.box_loss_type = box_loss_type
+        # Inference parameters:
+        self.score_thresh = score_thresh
+        self.thresh_with_centerness = thresh_with_centerness
+        self.topk_candidates = topk_candidates
+        self.nms_thresh = nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self._grids: Dict[Tuple, LocationGrid] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        fcos = cfg.MODEL.FCOS
+        backbone = build_backbone(cfg)
+        backbone_shapes = backbone.output_shape()
+        missing = [f for f in fcos.IN_FEATURES if f not in backbone_shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.FCOS.IN_FEATURES names {missing}, which the backbone does not "
+                f"produce; it produces {sorted(backbone_shapes)}"
+            )
+        feature_shapes = [backbone_shapes[f] for f in fcos.IN_FEATURES]
+        backbone_strides = [s.stride for s in feature_shapes]
+        if list(fcos.FPN_STRIDES) != backbone_strides:
+            raise ValueError(
+                f"MODEL.FCOS.FPN_STRIDES {list(fcos.FPN_STRIDES)} do not match the strides "
+                f"{backbone_strides} of MODEL.FCOS.IN_FEATURES {list(fcos.IN_FEATURES)}"
+            )
+        if len(fcos.SIZES_OF_INTEREST) != len(fcos.IN_FEATURES) - 1:
+            raise ValueError(
+                f"MODEL.FCOS.SIZES_OF_INTEREST needs {len(fcos.IN_FEATURES) - 1} values for "
+                f"{len(fcos.IN_FEATURES)} levels, got {list(fcos.SIZES_OF_INTEREST)}"
+            )
+        return {
+            "backbone": backbone,
+            "head": FCOSHead(cfg, feature_shapes),
+            "head_in_features": list(fcos.IN_FEATURES),
+            "strides": backbone_strides,
+            "num_classes": fcos.NUM_CLASSES,
+            "sizes_of_interest": fcos.SIZES_OF_INTEREST,
+            "location_offset": fcos.LOCATION_OFFSET,
+            "center_sampling_radius": fcos.CENTER_SAMPLING_RADIUS,
+            "norm_reg_targets": fcos.NORM_REG_TARGETS,
+            # Loss parameters:
+            "focal_loss_alpha": fcos.LOSS_ALPHA,
+            "focal_loss_gamma": fcos.LOSS_GAMMA,
+            "box_loss_type": fcos.BOX_LOSS_TYPE,
+            # Inference parameters:
+            "score_thresh": fcos.SCORE_THRESH_TEST,
+            "thresh_with_centerness": fcos.THRESH_WITH_CENTERNESS,
+            "topk_candidates": fcos.TOPK_CANDIDATES_TEST,
+            "nms_thresh": fcos.NMS_THRESH_TEST,
+            "max_detections_per_image": fcos.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+        }
+
+    def location_grid(self, features: List[Tensor]) -> LocationGrid:
+        """The locations of the pyramid for these feature sizes, built once per size."""
+        sizes = tuple(tuple(f.shape[-2:]) for f in features)
+        key = (sizes, str(features[0].device))
+        grid = self._grids.get(key)
+        if grid is None:
+            if len(self._grids) >= _GRID_CACHE_SIZE:
+                self._grids.clear()
+            grid = make_location_grid(
+                sizes, self.strides, self.sizes_of_interest, self.location_offset, features[0].device
+            )
+            self._grids[key] = grid
+        return grid
+
+    def _flatten_predictions(
+        self, predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]]
+    ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
+        """Per-level (N, C, H, W) head outputs to (N, H*W, C), C = K, 4 and 1."""
+        return tuple(self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1]))
+
+    def forward_training(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
+        gt_instances: List[Instances],
+    ) -> Dict[str, Tensor]:
+        logits, box_dists, centerness = (
+            torch.cat(level_outputs, dim=1).float()
+            for level_outputs in self._flatten_predictions(predictions)
+        )  # (N, R, K), (N, R, 4), (N, R, 1)
+        grid = self.location_grid(features)
+        labels, box_targets = assign_targets(
+            grid,
+            gt_instances,
+            self.num_classes,
+            self.center_sampling_radius,
+            normalize_by_stride=self.norm_reg_targets,
+        )  # (N, R), (N, R, 4)
+        return fcos_losses(
+            logits,
+            box_dists,
+            centerness.squeeze(2),
+            labels,
+            box_targets,
+            num_classes=self.num_classes,
+            focal_loss_alpha=self.focal_loss_alpha,
+            focal_loss_gamma=self.focal_loss_gamma,
+            box_loss_type=self.box_loss_type,
+        )
+
+    def forward_inference(
+        self,
+        images: ImageList,
+        features: List[Tensor],
+        predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
+    ) -> List[Instances]:
+        logits, box_dists, centerness = self._flatten_predictions(predictions)
+        grid = self.location_grid(features)
+        points_per_level = grid.points.split(grid.num_per_level)
+        return [
+            fcos_inference_single_image(
+                [x[i] for x in logits],
+                [x[i] for x in box_dists],
+                [x[i, :, 0] for x in centerness],
+                points_per_level,
+                self.strides,
+                image_size,
+                norm_reg_targets=self.norm_reg_targets,
+                score_thresh=self.score_thresh,
+                thresh_with_centerness=self.thresh_with_centerness,
+                topk_candidates=self.topk_candidates,
+                nms_thresh=self.nms_thresh,
+                max_detections=self.max_detections_per_image,
+            )
+            for i, image_size in enumerate(images.image_sizes)
+        ]

@@ -1,0 +1,45 @@
+"""Shared helpers for the tests: configs and tiny hand-made inputs."""
+
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+import torch
+from detectron2.config import CfgNode, get_cfg
+from detectron2.structures import Boxes, Instances
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+QUICK_CONFIG = CONFIGS / "quick_schedules" / "FCOS_R_18_quick.yaml"
+
+sys.path.insert(0, str(REPO))  # train_net.py, tools/
+
+import fcos_d2  # noqa: E402  (registers FCOS)
+
+
+def load_config(path: os.PathLike = QUICK_CONFIG, opts: Sequence[str] = ()) -> CfgNode:
+    """A Detectron2 config with the FCOS keys, merged from ``path`` and ``opts``, on CPU."""
+    cfg = get_cfg()
+    fcos_d2.add_fcos_config(cfg)
+    cfg.merge_from_file(str(path))
+    cfg.merge_from_list(list(opts))
+    cfg.MODEL.DEVICE = "cpu"
+    return cfg
+
+
+def make_instances(image_size, boxes, classes, crowd=None) -> Instances:
+    """Ground-truth Instances from plain lists."""
+    instances = Instances(image_size)
+    instances.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+    instances.gt_classes = torch.tensor(classes, dtype=torch.int64)
+    if crowd is not None:
+        instances.gt_is_crowd = torch.tensor(crowd, dtype=torch.bool)
+    return instances
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    yield
