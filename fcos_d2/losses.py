@@ -57,7 +57,9 @@ def box_regression_loss(pred: Tensor, target: Tensor, loss_type: str) -> Tensor:
     if loss_type == "diou":
         return diou_loss(pred_boxes, target_boxes, reduction="none")
     if loss_type == "ciou":
-        return ciou_loss(pred_boxes, target_boxes, reduction="none")
+        # Its aspect term divides by the predicted height: keep zero sides (a ReLU'd
+        # output, which gets no gradient there anyway) off exactly zero.
+        return ciou_loss(_ltrb_to_boxes(pred.clamp(min=1e-6)), target_boxes, reduction="none")
     raise ValueError(f"MODEL.FCOS.BOX_LOSS_TYPE must be one of {BOX_LOSS_TYPES}, got {loss_type!r}")
 
 

@@ -106,3 +106,12 @@ def test_all_negative_batch_is_finite_and_backpropagates():
     expected_cls = sigmoid_focal_loss(logits, torch.zeros(2, 6, K), reduction="sum")
     torch.testing.assert_close(losses["loss_fcos_cls"], expected_cls)
     assert losses["loss_fcos_loc"].item() == 0.0 and losses["loss_fcos_ctr"].item() == 0.0
+
+
+@pytest.mark.parametrize("loss_type", ["iou", "giou", "diou", "ciou"])
+def test_box_losses_finite_for_degenerate_predictions(loss_type):
+    pred = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    target = torch.tensor([[1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 0.5, 1.0]])
+    loss = box_regression_loss(pred, target, loss_type)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(pred.grad).all()
