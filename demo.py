@@ -26,6 +26,7 @@ from detectron2.utils.visualizer import Visualizer
 from fcos_d2 import add_fcos_config  # noqa: F401  (also registers FCOS and the datasets)
 from train_net import build_config
 
+DRAWN_SIZE = 512  # pixels on the longer side of a drawn image, at least
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 logger = logging.getLogger("fcos_d2.demo")
 
@@ -78,7 +79,9 @@ def predict_images(cfg, paths: List[Path], output_dir: str, confidence_threshold
         with torch.no_grad():
             instances = predictor(image)["instances"]
         instances = instances[instances.scores >= confidence_threshold]
-        visualizer = Visualizer(image[:, :, ::-1], metadata=metadata)
+        # Small images are drawn enlarged so the labels stay readable.
+        scale = max(1.0, DRAWN_SIZE / max(image.shape[:2]))
+        visualizer = Visualizer(image[:, :, ::-1], metadata=metadata, scale=scale)
         drawn = visualizer.draw_instance_predictions(instances.to("cpu"))
         drawn.save(os.path.join(output_dir, path.stem + ".png"))
         results[str(path)] = detections_to_json(instances, class_names)

@@ -5,7 +5,7 @@ Importing the package registers the ``"FCOS"`` meta-architecture, the
 """
 
 from . import backbone, meta_arch  # noqa: F401  (registers into Detectron2's registries)
-from . import data  # noqa: F401  (registers the built-in datasets)
+from . import datasets  # noqa: F401  (registers the built-in datasets)
 from .config import add_fcos_config
 from .head import FCOSHead
 from .meta_arch import FCOS

@@ -1,0 +1,100 @@
+"""The built-in shapes dataset: deterministic, sane, lazily registered, crash-safe."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from fcos_d2.datasets import shapes
+from fcos_d2.datasets.shapes import (
+    SHAPES_CLASSES,
+    ensure_shapes_split,
+    generate_shapes_split,
+    register_shapes_split,
+)
+
+
+def generate(root, seed=0, num_images=6, size=64, split="train"):
+    return generate_shapes_split(str(root), split, num_images, size, seed, progress=False)
+
+
+def test_same_seed_same_files_and_other_seed_differs(tmp_path):
+    first = generate(tmp_path / "a")
+    second = generate(tmp_path / "b")
+    other = generate(tmp_path / "c", seed=5)
+    assert open(first, "rb").read() == open(second, "rb").read()
+    assert open(first, "rb").read() != open(other, "rb").read()
+    for name in sorted(os.listdir(tmp_path / "a" / "train")):
+        assert (tmp_path / "a" / "train" / name).read_bytes() == (tmp_path / "b" / "train" / name).read_bytes()
+
+
+def test_annotations_are_sane(tmp_path):
+    coco = json.load(open(generate(tmp_path, num_images=10, size=64)))
+    assert [c["name"] for c in coco["categories"]] == list(SHAPES_CLASSES)
+    assert len(coco["images"]) == 10 and coco["annotations"]
+    for annotation in coco["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        assert 0 <= x and 0 <= y and w > 0 and h > 0 and x + w <= 64 and y + h <= 64
+        assert annotation["category_id"] in {1, 2, 3, 4} and annotation["area"] > 0
+        points = np.concatenate([np.reshape(p, (-1, 2)) for p in annotation["segmentation"]])
+        assert all(len(p) >= 6 for p in annotation["segmentation"])
+        # The polygons trace the visible pixels, whose extent is the box.
+        assert points[:, 0].min() == x and points[:, 1].min() == y
+        assert points[:, 0].max() == x + w - 1 and points[:, 1].max() == y + h - 1
+
+
+def test_some_objects_overlap(tmp_path):
+    coco = json.load(open(generate(tmp_path, num_images=30, size=128)))
+    boxes_by_image = {}
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        boxes_by_image.setdefault(a["image_id"], []).append((x, y, x + w, y + h))
+
+    def overlaps(a, b):
+        return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+    overlapping_images = sum(
+        any(overlaps(a, b) for i, a in enumerate(boxes) for b in boxes[i + 1 :])
+        for boxes in boxes_by_image.values()
+    )
+    assert overlapping_images >= 3
+
+
+def test_registration_is_lazy_and_loads(tmp_path):
+    register_shapes_split("shapes_test_lazy", "lazy", 4, 64, seed=3, root=str(tmp_path))
+    json_path = tmp_path / "annotations" / "instances_lazy.json"
+    assert not json_path.exists()
+    records = DatasetCatalog.get("shapes_test_lazy")
+    assert json_path.exists() and len(records) == 4
+    metadata = MetadataCatalog.get("shapes_test_lazy")
+    assert metadata.thing_classes == list(SHAPES_CLASSES)
+    assert metadata.json_file == str(json_path)
+
+
+def test_builtin_splits_are_registered():
+    assert {"shapes_train", "shapes_val"} <= set(DatasetCatalog.list())
+
+
+def test_interrupted_generation_leaves_nothing_accepted(tmp_path, monkeypatch):
+    real_render = shapes._render_image
+    calls = []
+
+    def render_then_fail(rng, size):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("interrupted")
+        return real_render(rng, size)
+
+    monkeypatch.setattr(shapes, "_render_image", render_then_fail)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_shapes_split("crash", 5, 64, root=str(tmp_path))
+    assert not (tmp_path / "annotations" / "instances_crash.json").exists()
+    assert not (tmp_path / "crash").exists()
+
+    monkeypatch.setattr(shapes, "_render_image", real_render)
+    json_path, image_dir = ensure_shapes_split("crash", 5, 64, root=str(tmp_path))
+    assert len(json.load(open(json_path))["images"]) == 5
+    assert len(os.listdir(image_dir)) == 5
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
