@@ -94,3 +94,28 @@ def test_bad_register_coco_names_the_file_and_writes_nothing(tmp_path):
     with pytest.raises(DatasetError, match="broken.json"):
         run(["--register-coco", "broken", str(bad), str(tmp_path)], output_dir)
     assert not output_dir.exists()
+
+
+def test_detectron2_mask_rcnn_yaml_runs_unchanged(tiny_shapes, tmp_path):
+    from detectron2 import model_zoo
+
+    args = train_net.argument_parser().parse_args(
+        [
+            "--config-file",
+            model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml"),
+            "MODEL.WEIGHTS", "",
+            "MODEL.ROI_HEADS.NUM_CLASSES", "4",
+            "DATASETS.TRAIN", "('tiny_train',)",
+            "DATASETS.TEST", "('tiny_val',)",
+            "DATALOADER.NUM_WORKERS", "0",
+            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
+            "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
+            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.001",
+            "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0",
+            "OUTPUT_DIR", str(tmp_path),
+        ]
+    )
+    train_net.main(args)  # the tiny_shapes fixture registered the datasets
+    assert (tmp_path / "model_final.pth").exists()
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert any("loss_mask" in m for m in metrics)  # the polygon masks were used
