@@ -10,6 +10,7 @@
 
 import logging
 import os
+import re
 from typing import List
 
 import torch
@@ -34,6 +35,22 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as error:
+            raise FloatingPointError(self._non_finite_loss_message(str(error))) from error
+
+    def _non_finite_loss_message(self, detectron2_message: str) -> str:
+        """Say which loss terms went non-finite, at which iteration, and what is on disk."""
+        # Detectron2's message holds the loss dict, e.g. "'loss_fcos_loc': np.float64(nan)".
+        terms = re.findall(r"'(\w+)': [^,}]*?(?:nan|inf)", detectron2_message)
+        checkpoint = self.checkpointer.get_checkpoint_file() or "none written yet"
+        return (
+            f"Non-finite loss at iteration {self.iter}: {', '.join(terms) or 'unknown term'}. "
+            f"Last checkpoint on disk: {checkpoint}. ({detectron2_message})"
+        )
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):

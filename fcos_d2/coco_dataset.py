@@ -32,6 +32,13 @@ def check_coco_json(json_file: str) -> dict:
     missing = [key for key in _REQUIRED_KEYS if key not in content]
     if missing:
         raise DatasetError(f"COCO annotation file {json_file} lacks the keys {missing}")
+    known = {category["id"] for category in content["categories"]}
+    unknown = sorted({a["category_id"] for a in content["annotations"]} - known)
+    if unknown:
+        raise DatasetError(
+            f"COCO annotation file {json_file}: annotations use category ids {unknown} "
+            f"that are not in its categories {sorted(known)}"
+        )
     return content
 
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .head import FCOSHead
 from .inference import fcos_inference_single_image
 from .losses import BOX_LOSS_TYPES, fcos_losses
-from .targets import LocationGrid, assign_targets, make_location_grid
+from .targets import LocationGrid, assign_targets, make_location_grid, sanitize_gt_instances
 
 # Grids kept per (feature sizes, device); multi-scale training sees a few dozen.
 _GRID_CACHE_SIZE = 64
@@ -171,6 +171,7 @@ class FCOS(DenseDetector):
             for level_outputs in self._flatten_predictions(predictions)
         )  # (N, R, K), (N, R, 4), (N, R, 1)
         grid = self.location_grid(features)
+        gt_instances = [sanitize_gt_instances(x, self.num_classes) for x in gt_instances]
         labels, box_targets = assign_targets(
             grid,
             gt_instances,

@@ -176,6 +176,30 @@ def assign_targets_single_image(
     return labels, box_targets
 
 
+def sanitize_gt_instances(instances: Instances, num_classes: int) -> Instances:
+    """Clip boxes to the image, drop those left empty, and check the class ids.
+
+    Detectron2's data loader already clips and drops; this makes the model itself safe
+    for Instances built by other code.
+
+    Raises:
+        ValueError: naming a class id outside [0, num_classes).
+    """
+    boxes = instances.gt_boxes.clone()
+    boxes.clip(instances.image_size)
+    keep = boxes.nonempty()
+    instances = instances[keep]
+    instances.gt_boxes = boxes[keep]
+    classes = instances.gt_classes
+    if len(classes) and (int(classes.min()) < 0 or int(classes.max()) >= num_classes):
+        bad = sorted({c for c in classes.tolist() if not 0 <= c < num_classes})
+        raise ValueError(
+            f"ground-truth class ids {bad} are outside [0, {num_classes}): "
+            f"check MODEL.FCOS.NUM_CLASSES and the dataset's categories"
+        )
+    return instances
+
+
 def assign_targets(
     grid: LocationGrid,
     gt_instances: List[Instances],
