@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 QUICK_CONFIG = CONFIGS / "quick_schedules" / "FCOS_R_18_quick.yaml"
 
-sys.path.insert(0, str(REPO))  # train_net.py, tools/
+sys.path[:0] = [str(REPO), str(REPO / "tools")]  # train_net.py, tools/
 
 import fcos_d2  # noqa: E402  (registers FCOS)
 

@@ -1,0 +1,1 @@
+"""Side-by-side comparison of detectors on the claims made about FCOS."""
