@@ -105,13 +105,13 @@ def train_net_read_image_patch(record):
 # 4. 1000 boxes in one image.
 def test_thousand_boxes_train_with_bounded_assignment_memory(monkeypatch):
     largest = []
-    real = targets_module._distances_to_sides
+    real = targets_module._pairwise_sides
 
     def recording(points, boxes):
         largest.append(len(points) * len(boxes))
         return real(points, boxes)
 
-    monkeypatch.setattr(targets_module, "_distances_to_sides", recording)
+    monkeypatch.setattr(targets_module, "_pairwise_sides", recording)
     generator = torch.Generator().manual_seed(0)
     corners = torch.rand(1000, 2, generator=generator) * 200
     boxes = torch.cat([corners, corners + 4 + torch.rand(1000, 2, generator=generator) * 50], 1)
