@@ -5,6 +5,8 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, Backbone, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
+from .speedups import fold_frozen_batchnorm
+
 
 @BACKBONE_REGISTRY.register()
 def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
@@ -30,6 +32,8 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
         top_block = LastLevelP6P7(in_channels, out_channels, in_feature=in_feature)
     else:
         raise ValueError(f"MODEL.FCOS.TOP_LEVELS must be 0 or 2, got {top_levels!r}")
+    if cfg.MODEL.FCOS.FOLD_FROZEN_BN:
+        fold_frozen_batchnorm(bottom_up)
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
