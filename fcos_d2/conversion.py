@@ -1,0 +1,273 @@
+"""Weights of other FCOS implementations renamed to fcos_d2's parameter names.
+
+Two sources are supported:
+
+* torchvision's ``fcos_resnet50_fpn``: a pytorch-style ResNet-50 (``backbone.body``),
+  an FPN on C3-C5 with P6/P7 from P5 (``backbone.fpn``) and a GN head without Scale whose
+  centerness sits on the regression branch (``head.classification_head`` /
+  ``head.regression_head``). Use it with ``configs/FCOS_R_50_torchvision.yaml``.
+* AdelaiDet's FCOS (e.g. ``FCOS_R_50_1x``): Detectron2 names for the backbone, the head
+  under ``proposal_generator.fcos_head``.
+
+A conversion never guesses: a key it does not know is an error that names it, and
+:func:`check_keys` compares the result with a model's ``state_dict()`` key by key and
+shape by shape.
+"""
+
+import re
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from torch import Tensor
+
+# A rule renames the keys that match ``pattern`` (a full match) with ``repl``
+# (``re.sub`` syntax); ``repl`` None drops the key, deliberately.
+Rule = Tuple[str, Optional[str]]
+
+# torchvision's ResNet stages layer1..layer4 are Detectron2's res2..res5.
+_TORCHVISION_STAGES = {"1": "2", "2": "3", "3": "4", "4": "5"}
+
+# torchvision's FPN blocks 0, 1, 2 read C3, C4, C5.
+_TORCHVISION_FPN_LEVELS = {"0": "3", "1": "4", "2": "5"}
+
+_BN = r"(weight|bias|running_mean|running_var)"
+
+_TV_LAYER = r"backbone\.body\.layer(\d)\.(\d+)"
+_D2_BLOCK = r"backbone.bottom_up.res<stage:\1>.\2"
+
+_TORCHVISION_RULES: List[Rule] = [
+    # nn.BatchNorm2d (weights=None) counts batches; FrozenBN (pretrained) has no such
+    # buffer, nor has Detectron2's FrozenBatchNorm2d. The count plays no part in eval.
+    (r".*\.num_batches_tracked", None),
+    (r"backbone\.body\.conv1\.weight", r"backbone.bottom_up.stem.conv1.weight"),
+    (rf"backbone\.body\.bn1\.{_BN}", r"backbone.bottom_up.stem.conv1.norm.\1"),
+    (rf"{_TV_LAYER}\.conv(\d)\.weight", rf"{_D2_BLOCK}.conv\3.weight"),
+    (rf"{_TV_LAYER}\.bn(\d)\.{_BN}", rf"{_D2_BLOCK}.conv\3.norm.\4"),
+    (rf"{_TV_LAYER}\.downsample\.0\.weight", rf"{_D2_BLOCK}.shortcut.weight"),
+    (rf"{_TV_LAYER}\.downsample\.1\.{_BN}", rf"{_D2_BLOCK}.shortcut.norm.\3"),
+    (r"backbone\.fpn\.inner_blocks\.(\d)\.0\.(weight|bias)", r"backbone.fpn_lateral<level:\1>.\2"),
+    (r"backbone\.fpn\.layer_blocks\.(\d)\.0\.(weight|bias)", r"backbone.fpn_output<level:\1>.\2"),
+    (r"backbone\.fpn\.extra_blocks\.(p6|p7)\.(weight|bias)", r"backbone.top_block.\1.\2"),
+    # Towers: the same Sequential layout (conv, GroupNorm, ReLU) x 4, so the same indices.
+    (r"head\.classification_head\.conv\.(\d+)\.(weight|bias)", r"head.cls_tower.\1.\2"),
+    (r"head\.classification_head\.cls_logits\.(weight|bias)", r"head.cls_logits.\1"),
+    (r"head\.regression_head\.conv\.(\d+)\.(weight|bias)", r"head.box_tower.\1.\2"),
+    (r"head\.regression_head\.bbox_reg\.(weight|bias)", r"head.box_pred.\1"),
+    (r"head\.regression_head\.bbox_ctrness\.(weight|bias)", r"head.centerness.\1"),
+]
+
+_ADELAIDET_RULES: List[Rule] = [
+    # Old Detectron2 meta-archs saved the input normalisation; fcos_d2 takes it from
+    # MODEL.PIXEL_MEAN / PIXEL_STD.
+    (r"pixel_(mean|std)", None),
+    # Backbone (ResNet + FPN + top block): already Detectron2's names.
+    (r"(backbone\..+)", r"\1"),
+    (r"proposal_generator\.fcos_head\.(cls_tower|share_tower)\.(.+)", r"head.\1.\2"),
+    (r"proposal_generator\.fcos_head\.bbox_tower\.(.+)", r"head.box_tower.\1"),
+    (r"proposal_generator\.fcos_head\.cls_logits\.(weight|bias)", r"head.cls_logits.\1"),
+    (r"proposal_generator\.fcos_head\.bbox_pred\.(weight|bias)", r"head.box_pred.\1"),
+    (r"proposal_generator\.fcos_head\.ctrness\.(weight|bias)", r"head.centerness.\1"),
+    (r"proposal_generator\.fcos_head\.scales\.(\d+)\.scale", r"head.scales.\1.scale"),
+]
+
+
+def _torchvision_level_names(name: str) -> str:
+    """Resolve the ``<stage:i>`` / ``<level:i>`` placeholders of a renamed key.
+
+    Raises:
+        KeyError: for an index that has no Detectron2 counterpart (e.g. ``layer5``).
+    """
+    tables = {"stage": _TORCHVISION_STAGES, "level": _TORCHVISION_FPN_LEVELS}
+    return re.sub(r"<(stage|level):(\d+)>", lambda m: tables[m.group(1)][m.group(2)], name)
+
+
+def _rename(
+    state_dict: Mapping[str, Tensor],
+    rules: Sequence[Rule],
+    source: str,
+    finish: Callable[[str], str] = lambda name: name,
+) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """Rename every key of ``state_dict`` with the first rule that matches it.
+
+    Args:
+        state_dict: the source parameters.
+        rules: (pattern, replacement) pairs; a None replacement drops the key.
+        source: the checkpoint's origin, for error messages.
+        finish: applied to each new name (resolves placeholders).
+
+    Returns:
+        The renamed parameters and, for each new name, the source key it came from.
+
+    Raises:
+        ValueError: naming every key no rule knows, and any two keys that would land
+            on the same name.
+    """
+    renamed: Dict[str, Tensor] = {}
+    origin: Dict[str, str] = {}
+    unknown: List[str] = []
+    clashes: List[str] = []
+    for key, value in state_dict.items():
+        for pattern, repl in rules:
+            match = re.fullmatch(pattern, key)
+            if match is None:
+                continue
+            if repl is None:
+                break
+            try:
+                name = finish(match.expand(repl))
+            except KeyError:
+                unknown.append(key)
+                break
+            if name in renamed:
+                clashes.append(f"{origin[name]} and {key} -> {name}")
+            renamed[name] = value
+            origin[name] = key
+            break
+        else:
+            unknown.append(key)
+    if unknown or clashes:
+        lines = [f"Cannot convert this {source} checkpoint:"]
+        if unknown:
+            lines.append(f"  unexpected keys ({len(unknown)}): {', '.join(unknown)}")
+        if clashes:
+            lines.append(f"  keys mapped to the same name: {'; '.join(clashes)}")
+        raise ValueError("\n".join(lines))
+    return renamed, origin
+
+
+def check_keys(
+    converted: Mapping[str, Tensor],
+    model_state: Mapping[str, Tensor],
+    origin: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Check that ``converted`` fills exactly the keys of ``model_state``, with its shapes.
+
+    Args:
+        converted: the renamed checkpoint.
+        model_state: ``model.state_dict()`` of the model that is to load it.
+        origin: for each converted name, the source key, to name it in errors.
+
+    Raises:
+        ValueError: listing the model keys the checkpoint lacks (missing), the
+            checkpoint keys the model lacks (unexpected) and shape mismatches.
+    """
+    origin = origin or {}
+
+    def describe(name: str) -> str:
+        return f"{name} (from {origin[name]})" if name in origin else name
+
+    missing = sorted(set(model_state) - set(converted))
+    unexpected = sorted(set(converted) - set(model_state))
+    shapes = [
+        f"{describe(name)}: checkpoint {tuple(converted[name].shape)}, "
+        f"model {tuple(model_state[name].shape)}"
+        for name in sorted(set(converted) & set(model_state))
+        if tuple(converted[name].shape) != tuple(model_state[name].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = ["The converted checkpoint does not match the model:"]
+    if missing:
+        lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
+    if unexpected:
+        lines.append(
+            f"  unexpected keys ({len(unexpected)}): {', '.join(map(describe, unexpected))}"
+        )
+    if shapes:
+        lines.append(f"  shape mismatches ({len(shapes)}): {'; '.join(shapes)}")
+    raise ValueError("\n".join(lines))
+
+
+def _select_classes(
+    converted: Dict[str, Tensor], class_indices: Sequence[int]
+) -> Dict[str, Tensor]:
+    """Keep the classifier rows ``class_indices`` (K_src, ...) -> (len(class_indices), ...)."""
+    out = dict(converted)
+    for name in ("head.cls_logits.weight", "head.cls_logits.bias"):
+        rows = converted[name]
+        bad = [i for i in class_indices if not 0 <= i < rows.shape[0]]
+        if bad:
+            raise ValueError(
+                f"class indices {bad} are out of range for {rows.shape[0]} classes in {name}"
+            )
+        out[name] = rows[list(class_indices)]
+    return out
+
+
+def torchvision_coco_class_indices() -> List[int]:
+    """The 80 COCO classes among torchvision's 91 detection labels, by category id.
+
+    torchvision's label i is COCO category id i (0 is ``__background__``, and 10 ids are
+    unused "N/A"). Selecting these rows, in this order, gives Detectron2's contiguous
+    COCO ids 0..79 (``coco_2017_*`` metadata).
+    """
+    from torchvision.models.detection import FCOS_ResNet50_FPN_Weights
+
+    categories = FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    return [i for i, name in enumerate(categories) if name not in ("__background__", "N/A")]
+
+
+def convert_torchvision_fcos(
+    state_dict: Mapping[str, Tensor],
+    model_state: Optional[Mapping[str, Tensor]] = None,
+    class_indices: Optional[Sequence[int]] = None,
+) -> Dict[str, Tensor]:
+    """Rename a torchvision ``fcos_resnet50_fpn`` state dict to fcos_d2's names.
+
+    The result loads into the model of ``configs/FCOS_R_50_torchvision.yaml`` (with
+    ``MODEL.FCOS.NUM_CLASSES`` = the checkpoint's classes, 91 for torchvision's COCO
+    weights, or ``len(class_indices)``), which then computes the same detections.
+
+    Args:
+        state_dict: ``model.state_dict()`` of a torchvision FCOS (FrozenBN or BatchNorm).
+        model_state: if given, the ``state_dict()`` of the target model; the result
+            must then fill exactly its keys with its shapes.
+        class_indices: keep only these classifier rows, in this order (e.g.
+            :func:`torchvision_coco_class_indices` for Detectron2's 80 COCO classes).
+
+    Returns:
+        The renamed tensors (the same tensor objects; nothing is copied).
+
+    Raises:
+        ValueError: naming unknown keys, or missing / unexpected / misshapen keys with
+            respect to ``model_state``.
+    """
+    converted, origin = _rename(
+        state_dict, _TORCHVISION_RULES, "torchvision FCOS", _torchvision_level_names
+    )
+    if class_indices is not None:
+        converted = _select_classes(converted, class_indices)
+    if model_state is not None:
+        check_keys(converted, model_state, origin)
+    return converted
+
+
+def convert_adelaidet_fcos(
+    state_dict: Mapping[str, Tensor],
+    model_state: Optional[Mapping[str, Tensor]] = None,
+) -> Dict[str, Tensor]:
+    """Rename an AdelaiDet FCOS state dict (e.g. ``FCOS_R_50_1x``) to fcos_d2's names.
+
+    The backbone keeps its Detectron2 names; the head moves from
+    ``proposal_generator.fcos_head`` to ``head`` (``bbox_tower`` -> ``box_tower``,
+    ``bbox_pred`` -> ``box_pred``, ``ctrness`` -> ``centerness``), and each level's
+    scale, a (1,) tensor in AdelaiDet, becomes a scalar.
+
+    Args:
+        state_dict: the ``"model"`` entry of an AdelaiDet checkpoint.
+        model_state: if given, the ``state_dict()`` of the target model; the result
+            must then fill exactly its keys with its shapes.
+
+    Returns:
+        The renamed tensors.
+
+    Raises:
+        ValueError: naming unknown keys, or missing / unexpected / misshapen keys with
+            respect to ``model_state``.
+    """
+    converted, origin = _rename(state_dict, _ADELAIDET_RULES, "AdelaiDet FCOS")
+    for name, value in converted.items():
+        if name.startswith("head.scales.") and value.numel() == 1:
+            converted[name] = value.reshape(())  # (1,) -> ()
+    if model_state is not None:
+        check_keys(converted, model_state, origin)
+    return converted

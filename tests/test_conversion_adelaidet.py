@@ -1,0 +1,163 @@
+"""AdelaiDet FCOS checkpoints (e.g. FCOS_R_50_1x) renamed to fcos_d2's parameters.
+
+The synthetic checkpoint is written with AdelaiDet's own module names (OneStageDetector:
+Detectron2's ResNet + FPN under ``backbone``, ``FCOSHead`` under
+``proposal_generator.fcos_head``) and random values, independently of the converter.
+"""
+
+from typing import Dict
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+from torch import Tensor
+
+from fcos_d2.conversion import check_keys, convert_adelaidet_fcos
+
+from conftest import CONFIGS, load_config
+
+CONFIG = CONFIGS / "FCOS_R_50_1x.yaml"  # the AdelaiDet R_50_1x setup, with Scale
+WIDTH, NUM_CLASSES, NUM_LEVELS = 256, 80, 5
+HEAD = "proposal_generator.fcos_head"
+
+
+@pytest.fixture(scope="module")
+def model_state() -> Dict[str, Tensor]:
+    return build_model(load_config(CONFIG)).state_dict()
+
+
+def adelaidet_head(g: torch.Generator) -> Dict[str, Tensor]:
+    """AdelaiDet's FCOSHead, GN towers of 4 convs: Sequential(conv, GN, ReLU) x 4."""
+    state = {}
+    for tower in ("cls_tower", "bbox_tower"):
+        for i in range(4):
+            conv, norm = f"{HEAD}.{tower}.{3 * i}", f"{HEAD}.{tower}.{3 * i + 1}"
+            state[f"{conv}.weight"] = torch.randn(WIDTH, WIDTH, 3, 3, generator=g)
+            state[f"{conv}.bias"] = torch.randn(WIDTH, generator=g)
+            state[f"{norm}.weight"] = torch.randn(WIDTH, generator=g)
+            state[f"{norm}.bias"] = torch.randn(WIDTH, generator=g)
+    for name, out in (("cls_logits", NUM_CLASSES), ("bbox_pred", 4), ("ctrness", 1)):
+        state[f"{HEAD}.{name}.weight"] = torch.randn(out, WIDTH, 3, 3, generator=g)
+        state[f"{HEAD}.{name}.bias"] = torch.randn(out, generator=g)
+    for level in range(NUM_LEVELS):
+        state[f"{HEAD}.scales.{level}.scale"] = torch.rand(1, generator=g) + 0.5  # (1,)
+    return state
+
+
+def adelaidet_checkpoint(model_state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """A random AdelaiDet FCOS_R_50_1x ``"model"`` dict. Its backbone has Detectron2's
+    names, so they (and only they) are taken from the fcos_d2 model."""
+    g = torch.Generator().manual_seed(0)
+    state = {
+        name: torch.rand(value.shape, generator=g) + 0.1
+        for name, value in model_state.items()
+        if name.startswith("backbone.")
+    }
+    state.update(adelaidet_head(g))
+    # Checkpoints of 2020 Detectron2 meta-archs also saved the input normalisation.
+    state["pixel_mean"] = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
+    state["pixel_std"] = torch.ones(3, 1, 1)
+    return state
+
+
+def test_converted_checkpoint_loads_strictly(model_state):
+    source = adelaidet_checkpoint(model_state)
+    converted = convert_adelaidet_fcos(source, model_state)
+    model = build_model(load_config(CONFIG))
+    model.load_state_dict(converted, strict=True)
+
+    head = model.head
+    torch.testing.assert_close(head.cls_logits.weight, source[f"{HEAD}.cls_logits.weight"])
+    torch.testing.assert_close(head.box_pred.bias, source[f"{HEAD}.bbox_pred.bias"])
+    torch.testing.assert_close(head.centerness.weight, source[f"{HEAD}.ctrness.weight"])
+    torch.testing.assert_close(head.box_tower[4].weight, source[f"{HEAD}.bbox_tower.4.weight"])
+    torch.testing.assert_close(head.cls_tower[9].bias, source[f"{HEAD}.cls_tower.9.bias"])
+    for level in range(NUM_LEVELS):
+        scale = head.scales[level].scale
+        assert scale.shape == ()  # (1,) in AdelaiDet
+        assert scale.item() == source[f"{HEAD}.scales.{level}.scale"].item()
+    stem = model.backbone.bottom_up.stem.conv1.norm
+    torch.testing.assert_close(
+        stem.running_var, source["backbone.bottom_up.stem.conv1.norm.running_var"]
+    )
+    torch.testing.assert_close(
+        model.backbone.top_block.p7.weight, source["backbone.top_block.p7.weight"]
+    )
+
+
+def test_every_model_parameter_comes_from_the_checkpoint(model_state):
+    source = adelaidet_checkpoint(model_state)
+    converted = convert_adelaidet_fcos(source)
+    assert sorted(converted) == sorted(model_state)
+    # Every source tensor lands somewhere, except the two normalisation buffers.
+    used = {id(v) for v in converted.values()}
+    unused = [k for k, v in source.items() if id(v) not in used]
+    scales = [f"{HEAD}.scales.{i}.scale" for i in range(NUM_LEVELS)]  # reshaped copies
+    assert sorted(unused) == sorted([*scales, "pixel_mean", "pixel_std"])
+
+
+def test_unknown_key_is_named(model_state):
+    source = adelaidet_checkpoint(model_state)
+    source[f"{HEAD}.cls_tower_extra.0.weight"] = torch.zeros(1)
+    source["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(1)
+    with pytest.raises(ValueError) as error:
+        convert_adelaidet_fcos(source, model_state)
+    message = str(error.value)
+    assert "unexpected keys (2)" in message
+    assert f"{HEAD}.cls_tower_extra.0.weight" in message
+    assert "roi_heads.box_predictor.cls_score.weight" in message
+
+
+def test_missing_key_is_named(model_state):
+    source = adelaidet_checkpoint(model_state)
+    del source[f"{HEAD}.ctrness.bias"], source["backbone.fpn_output4.weight"]
+    with pytest.raises(ValueError, match=r"missing keys \(2\)") as error:
+        convert_adelaidet_fcos(source, model_state)
+    assert "head.centerness.bias" in str(error.value)
+    assert "backbone.fpn_output4.weight" in str(error.value)
+
+
+def test_key_the_model_lacks_is_named_with_its_source(model_state):
+    """E.g. the checkpoint of a head with a shared tower, for a model without one."""
+    source = adelaidet_checkpoint(model_state)
+    source[f"{HEAD}.share_tower.0.weight"] = torch.zeros(WIDTH, WIDTH, 3, 3)
+    with pytest.raises(ValueError) as error:
+        convert_adelaidet_fcos(source, model_state)
+    assert f"head.share_tower.0.weight (from {HEAD}.share_tower.0.weight)" in str(error.value)
+
+
+def test_scales_need_use_scale(model_state):
+    """AdelaiDet FCOS has a Scale per level; a model built with USE_SCALE False cannot take
+    them, and the error says which keys."""
+    no_scale = build_model(load_config(CONFIG, ["MODEL.FCOS.USE_SCALE", "False"])).state_dict()
+    with pytest.raises(ValueError, match=r"head\.scales\.0\.scale"):
+        convert_adelaidet_fcos(adelaidet_checkpoint(model_state), no_scale)
+
+
+def test_per_level_batch_norm_head_does_not_fit_a_gn_model(model_state):
+    """AdelaiDet's BN heads keep one BN per level (cls_tower.1.<level>.weight)."""
+    source = adelaidet_checkpoint(model_state)
+    for name in [k for k in source if k.startswith(f"{HEAD}.cls_tower.1.")]:
+        value = source.pop(name)
+        source[name.replace("cls_tower.1.", "cls_tower.1.0.")] = value
+    with pytest.raises(ValueError, match=r"cls_tower\.1\.0\.weight"):
+        convert_adelaidet_fcos(source, model_state)
+
+
+def test_shape_mismatch_is_named(model_state):
+    source = adelaidet_checkpoint(model_state)
+    source[f"{HEAD}.cls_logits.weight"] = torch.zeros(81, WIDTH, 3, 3)
+    source[f"{HEAD}.cls_logits.bias"] = torch.zeros(81)
+    with pytest.raises(ValueError, match=r"shape mismatches \(2\)") as error:
+        convert_adelaidet_fcos(source, model_state)
+    assert "head.cls_logits.weight" in str(error.value) and "(81, 256, 3, 3)" in str(error.value)
+
+
+def test_check_keys_accepts_exact_match_and_names_both_sides():
+    model = {"a": torch.zeros(2), "b": torch.zeros(3)}
+    check_keys({"a": torch.ones(2), "b": torch.ones(3)}, model)
+    with pytest.raises(ValueError) as error:
+        check_keys({"a": torch.ones(2), "c": torch.ones(1)}, model, origin={"c": "old.c"})
+    message = str(error.value)
+    assert "missing keys (1): b" in message
+    assert "unexpected keys (1): c (from old.c)" in message

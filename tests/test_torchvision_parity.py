@@ -1,0 +1,463 @@
+"""torchvision's fcos_resnet50_fpn, converted, computes the same detections in fcos_d2.
+
+A torchvision FCOS with random weights (calibrated, then perturbed BN statistics and
+affines; a random head whose classifier bias lets some detections through the 0.2
+threshold) is converted with ``tools/convert_torchvision.py``, loaded by
+``DetectionCheckpointer`` into the model of ``configs/FCOS_R_50_torchvision.yaml``, and
+both run on the same two images (one landscape, one portrait whose width is not a
+multiple of 32, so the batch is padded).
+
+Naming: N images, R locations over all levels, K classes, D detections of one image.
+"""
+
+import importlib.util
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
+from detectron2.structures import ImageList, Instances
+from torch import Tensor, nn
+from torchvision.models.detection import FCOS_ResNet50_FPN_Weights, fcos_resnet50_fpn
+from torchvision.models.detection.image_list import ImageList as TorchvisionImageList
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from fcos_d2.conversion import convert_torchvision_fcos, torchvision_coco_class_indices
+
+from conftest import CONFIGS, REPO, load_config
+
+
+def _load_tool():
+    """tools/convert_torchvision.py as a module (a site package already owns ``tools``)."""
+    path = REPO / "tools" / "convert_torchvision.py"
+    spec = importlib.util.spec_from_file_location("convert_torchvision", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+convert_torchvision = _load_tool()
+convert_file, main = convert_torchvision.convert_file, convert_torchvision.main
+
+CONFIG = CONFIGS / "FCOS_R_50_torchvision.yaml"
+NUM_CLASSES = 5
+# (height, width): torchvision keeps an image unresized when its long side is max_size
+# and min_size >= max_size; both models pad the batch to 320 x 320 (multiple of 32).
+IMAGE_SIZES = [(224, 320), (320, 200)]
+MAX_SIZE = 320
+
+SCORE_TOL = 1e-4
+BOX_TOL = 1e-2  # pixels
+HEAD_TOL = 1e-4
+FEATURE_RTOL = 1e-4  # of the largest activation of a level
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def make_images(seed: int = 0) -> List[Tensor]:
+    """0-255 RGB float images (3, H, W) of ``IMAGE_SIZES``: smooth noise, so that the
+    features vary from place to place like a picture's."""
+    g = torch.Generator().manual_seed(seed)
+    images = []
+    for height, width in IMAGE_SIZES:
+        coarse = torch.rand(1, 3, height // 16, width // 16, generator=g)
+        smooth = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")[0]
+        fine = torch.rand(3, height, width, generator=g)
+        images.append((0.8 * smooth + 0.2 * fine) * 255)  # (3, H, W)
+    return images
+
+
+def make_torchvision_fcos(images: List[Tensor]) -> nn.Module:
+    """A torchvision FCOS whose frozen statistics and head are random but sensible."""
+    torch.manual_seed(0)
+    model = fcos_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=NUM_CLASSES,
+        min_size=MAX_SIZE,
+        max_size=MAX_SIZE,
+    )
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        _calibrate_batch_norms(model, images)
+        _perturb_batch_norms(model, g)
+        _randomise_head(model.head, g)
+    return model.eval()
+
+
+def _calibrate_batch_norms(model: nn.Module, images: List[Tensor]) -> None:
+    """Running statistics from the images themselves, so activations keep a sane scale."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    batch = model.transform([im / 255 for im in images])[0]
+    model.backbone.body(batch.tensors)
+    model.eval()
+
+
+def _perturb_batch_norms(model: nn.Module, g: torch.Generator) -> None:
+    """Random affine and statistics: each of the four BN tensors matters."""
+    for norm in model.modules():
+        if isinstance(norm, nn.BatchNorm2d):
+            c = norm.num_features
+            norm.weight.copy_(torch.empty(c).uniform_(0.5, 1.5, generator=g))
+            norm.bias.add_(0.1 * torch.randn(c, generator=g))
+            norm.running_mean.add_(0.1 * norm.running_var.sqrt() * torch.randn(c, generator=g))
+            norm.running_var.mul_(torch.empty(c).uniform_(0.7, 1.4, generator=g))
+
+
+def _randomise_head(head: nn.Module, g: torch.Generator) -> None:
+    """Random towers and predictors; biases so that some scores pass 0.2 and boxes have
+    a size of a few strides."""
+    for module in head.modules():
+        if isinstance(module, nn.Conv2d):
+            module.weight.normal_(0.0, 0.03, generator=g)
+            module.bias.normal_(0.0, 0.1, generator=g)
+        elif isinstance(module, nn.GroupNorm):
+            module.weight.uniform_(0.5, 1.5, generator=g)
+            module.bias.normal_(0.0, 0.1, generator=g)
+    head.classification_head.cls_logits.bias.fill_(-4.0)
+    head.regression_head.bbox_reg.bias.fill_(1.5)
+
+
+def build_ours(weights: Path, opts: Tuple[str, ...] = ()) -> nn.Module:
+    """The fcos_d2 model of the torchvision config, loaded by DetectionCheckpointer."""
+    cfg = load_config(CONFIG, ["MODEL.FCOS.NUM_CLASSES", str(NUM_CLASSES), *opts])
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(str(weights))
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> List[Tensor]:
+    return make_images()
+
+
+@pytest.fixture(scope="module")
+def torchvision_model(images) -> nn.Module:
+    return make_torchvision_fcos(images)
+
+
+@pytest.fixture(scope="module")
+def converted_file(torchvision_model, tmp_path_factory) -> Path:
+    """The torchvision weights, saved as a training checkpoint would, then converted."""
+    folder = tmp_path_factory.mktemp("weights")
+    source = folder / "torchvision_fcos.pth"
+    torch.save({"model": torchvision_model.state_dict(), "epoch": 1}, source)
+    target = folder / "fcos_d2.pth"
+    assert convert_file(str(source), str(target)) == NUM_CLASSES
+    return target
+
+
+@pytest.fixture(scope="module")
+def our_model(converted_file) -> nn.Module:
+    return build_ours(converted_file)
+
+
+@pytest.fixture(scope="module")
+def torchvision_detections(torchvision_model, images) -> List[Dict[str, Tensor]]:
+    return run_torchvision(torchvision_model, images)
+
+
+@pytest.fixture(scope="module")
+def our_detections(our_model, images) -> List[Instances]:
+    return run_ours(our_model, images)
+
+
+@pytest.fixture(scope="module")
+def torchvision_features(torchvision_model, images) -> Tuple[Tensor, List[Tensor]]:
+    """torchvision's padded input batch (N, 3, H, W) and its P3..P7 (N, 256, H_l, W_l)."""
+    with torch.no_grad():
+        batch = torchvision_model.transform([im / 255 for im in images])[0].tensors
+        return batch, list(torchvision_model.backbone(batch).values())
+
+
+def run_torchvision(model: nn.Module, images: List[Tensor]) -> List[Dict[str, Tensor]]:
+    with torch.no_grad():
+        return model([im / 255 for im in images])
+
+
+def run_ours(model: nn.Module, images: List[Tensor]) -> List[Instances]:
+    inputs = [{"image": im, "height": im.shape[1], "width": im.shape[2]} for im in images]
+    with torch.no_grad():
+        return [out["instances"] for out in model(inputs)]
+
+
+# ------------------------------------------------------------------------ comparisons
+
+
+def nonempty(detections: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """torchvision's detections without zero-area boxes, which Detectron2's
+    ``detector_postprocess`` drops (boxes of locations in the padding, clipped away)."""
+    boxes = detections["boxes"]  # (D, 4)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return {k: v[keep] for k, v in detections.items()}
+
+
+def match_detections(reference: Dict[str, Tensor], ours: Instances) -> Tensor:
+    """Pairs (reference index, our index), reference best score first.
+
+    Each reference detection gets the unpaired detection of ours with the same class, a
+    score within ``SCORE_TOL`` and the closest box. Near-equal scores may be ordered
+    differently by the two models; this pairing does not depend on that order.
+
+    Raises:
+        AssertionError: when the counts differ or a detection has no counterpart.
+    """
+    assert len(reference["scores"]) == len(ours), (
+        f"torchvision found {len(reference['scores'])} detections, fcos_d2 {len(ours)}"
+    )
+    boxes = ours.pred_boxes.tensor  # (D, 4)
+    free = torch.ones(len(ours), dtype=torch.bool)
+    matches = []
+    for i in reference["scores"].argsort(descending=True).tolist():
+        candidates = (
+            free
+            & (ours.pred_classes == reference["labels"][i])
+            & ((ours.scores - reference["scores"][i]).abs() <= SCORE_TOL)
+        )
+        assert candidates.any(), (
+            f"no fcos_d2 detection matches torchvision's class {reference['labels'][i]} "
+            f"score {reference['scores'][i]:.6f} box {reference['boxes'][i].tolist()}"
+        )
+        distance = (boxes - reference["boxes"][i]).abs().amax(dim=1)  # (D,)
+        j = int(torch.where(candidates, distance, torch.inf).argmin())
+        free[j] = False
+        matches.append((i, j))
+    return torch.tensor(matches, dtype=torch.long).reshape(-1, 2)  # (D, 2) pairs (i, j)
+
+
+def detection_differences(reference: Dict[str, Tensor], ours: Instances) -> Tuple[float, float]:
+    """Max |score difference| and max |box coordinate difference| over matched pairs."""
+    pairs = match_detections(reference, ours)
+    if len(pairs) == 0:
+        return 0.0, 0.0
+    i, j = pairs[:, 0], pairs[:, 1]
+    score = (reference["scores"][i] - ours.scores[j]).abs().max().item()
+    box = (reference["boxes"][i] - ours.pred_boxes.tensor[j]).abs().max().item()
+    return score, box
+
+
+def assert_same_detections(reference: List[Dict[str, Tensor]], ours: List[Instances]) -> None:
+    for image_index, (ref, mine) in enumerate(zip(reference, ours)):
+        score, box = detection_differences(nonempty(ref), mine)
+        assert score <= SCORE_TOL, f"image {image_index}: scores differ by {score}"
+        assert box <= BOX_TOL, f"image {image_index}: boxes differ by {box} px"
+
+
+def flatten_levels(per_level: List[Tensor]) -> Tensor:
+    """Per-level (N, C, H, W) maps to torchvision's layout (N, R, C), levels concatenated."""
+    flat = [x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level]
+    return torch.cat(flat, dim=1)
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_both_models_see_the_same_tensor(torchvision_model, our_model, images):
+    with torch.no_grad():
+        theirs = torchvision_model.transform([im / 255 for im in images])[0]
+        ours = our_model.preprocess_image([{"image": im} for im in images])
+    assert theirs.image_sizes == ours.image_sizes == IMAGE_SIZES  # not resized
+    assert theirs.tensors.shape == ours.tensor.shape == (2, 3, MAX_SIZE, MAX_SIZE)
+    torch.testing.assert_close(ours.tensor, theirs.tensors, rtol=0, atol=1e-5)
+
+
+def test_checkpoint_fills_every_parameter(our_model, converted_file, torchvision_model):
+    saved = torch.load(converted_file, weights_only=True)
+    assert saved["__author__"] == "torchvision" and "matching_heuristics" not in saved
+    state = our_model.state_dict()
+    assert sorted(saved["model"]) == sorted(state)
+    for name, value in state.items():
+        assert torch.equal(value, saved["model"][name]), name
+    # What a wrong mapping would break: BN statistics and the classifier's prior.
+    body = torchvision_model.backbone.body
+    torch.testing.assert_close(
+        state["backbone.bottom_up.res4.5.conv3.norm.running_var"], body.layer3[5].bn3.running_var
+    )
+    torch.testing.assert_close(state["head.cls_logits.bias"], torch.full((NUM_CLASSES,), -4.0))
+
+
+def test_backbone_features_match(our_model, torchvision_features):
+    batch, theirs = torchvision_features
+    with torch.no_grad():
+        ours = our_model.backbone(batch)
+    assert list(ours) == ["p3", "p4", "p5", "p6", "p7"]
+    for name, mine, ref in zip(ours, ours.values(), theirs):
+        # Relative to the level's largest activation (a few hundred here): float
+        # summation order (e.g. folded BatchNorm) differs, a wrong weight changes O(1).
+        scale = ref.abs().max().item()
+        torch.testing.assert_close(mine, ref, rtol=0, atol=FEATURE_RTOL * scale, msg=name)
+
+
+def test_raw_head_outputs_match_on_the_same_features(
+    torchvision_model, our_model, torchvision_features
+):
+    _, features = torchvision_features
+    with torch.no_grad():
+        theirs = torchvision_model.head(features)  # (N, R, K), (N, R, 4), (N, R, 1)
+        logits, box_dists, centerness = our_model.head(features)
+    for name, mine, ref in [
+        ("cls_logits", flatten_levels(logits), theirs["cls_logits"]),
+        ("bbox_regression", flatten_levels(box_dists), theirs["bbox_regression"]),
+        ("bbox_ctrness", flatten_levels(centerness), theirs["bbox_ctrness"]),
+    ]:
+        assert mine.shape == ref.shape, name
+        torch.testing.assert_close(mine, ref, rtol=0, atol=HEAD_TOL, msg=name)
+
+
+def test_same_detections(torchvision_detections, our_detections):
+    for mine, size in zip(our_detections, IMAGE_SIZES):
+        assert mine.image_size == size
+        assert len(mine) >= 5, "too few detections for a meaningful comparison"
+        assert mine.pred_boxes.nonempty().all()
+    assert_same_detections(torchvision_detections, our_detections)
+
+
+def test_inference_matches_on_identical_head_outputs(torchvision_model, our_model):
+    """Decoding, threshold, top-k, clipping and NMS of both on the same random head
+    outputs: a (320, 200) image in a (320, 320) batch, enough candidates to hit the top-k
+    and the 100-detection cap.
+
+    The one difference of outputs: a location in the padding right of the image gives a
+    box that clipping squeezes to zero width at x = 200. torchvision returns it;
+    Detectron2's ``detector_postprocess`` (run by ``DenseDetector.forward``) drops it.
+    """
+    image_size, padded = (320, 200), (320, 320)
+    sizes = [(padded[0] // s, padded[1] // s) for s in (8, 16, 32, 64)] + [(3, 3)]
+    g = torch.Generator().manual_seed(2)
+    logits = [torch.randn(1, NUM_CLASSES, h, w, generator=g) - 1.0 for h, w in sizes]
+    box_dists = [4 * torch.rand(1, 4, h, w, generator=g) for h, w in sizes]
+    centerness = [torch.randn(1, 1, h, w, generator=g) for h, w in sizes]
+    for level, stride in zip(logits, (8, 16, 32, 64, 128)):
+        level[..., stride * torch.arange(level.shape[3]) >= image_size[1]] = -20.0  # padding
+    # But one confident P3 location at x = 35 * 8 = 280, with a box from 272 to 288.
+    logits[0][0, 2, 5, 35], centerness[0][0, 0, 5, 35] = 8.0, 8.0
+    box_dists[0][0, :, 5, 35] = 1.0
+
+    theirs = _torchvision_postprocess(torchvision_model, logits, box_dists, centerness, image_size)
+    ours = _our_postprocess(our_model, logits, box_dists, centerness, image_size)
+
+    assert len(theirs["scores"]) == 100  # the cap
+    empty = theirs["boxes"][:, 2] <= theirs["boxes"][:, 0]
+    assert empty.sum() == 1 and theirs["boxes"][empty][0, [0, 2]].tolist() == [200.0, 200.0]
+    assert ours.pred_boxes.nonempty().all()
+    score, box = detection_differences(nonempty(theirs), ours)  # 99 each
+    assert score <= SCORE_TOL and box <= BOX_TOL
+
+
+def _torchvision_postprocess(model, logits, box_dists, centerness, image_size):
+    """torchvision's FCOS.postprocess_detections on per-level (1, C, H, W) outputs."""
+    padded = (logits[0].shape[2] * 8, logits[0].shape[3] * 8)
+    images = TorchvisionImageList(torch.zeros(1, 3, *padded), [image_size])
+    anchors = model.anchor_generator(images, logits)[0]  # (R, 4)
+    per_level = [x.shape[2] * x.shape[3] for x in logits]
+    outputs = {
+        "cls_logits": [flatten_levels([x]) for x in logits],
+        "bbox_regression": [flatten_levels([x]) for x in box_dists],
+        "bbox_ctrness": [flatten_levels([x]) for x in centerness],
+    }
+    return model.postprocess_detections(outputs, [anchors.split(per_level)], [image_size])[0]
+
+
+def _our_postprocess(model, logits, box_dists, centerness, image_size):
+    """fcos_d2's forward_inference, then detector_postprocess as DenseDetector.forward."""
+    padded = (logits[0].shape[2] * 8, logits[0].shape[3] * 8)
+    images = ImageList(torch.zeros(1, 3, *padded), [image_size])
+    (result,) = model.forward_inference(images, logits, (logits, box_dists, centerness))
+    return detector_postprocess(result, *image_size)
+
+
+def test_comparison_fails_with_cell_centred_locations(
+    converted_file, images, torchvision_detections
+):
+    """A control: fcos_d2's default LOCATION_OFFSET 0.5 moves boxes by half a stride,
+    which the comparison must notice."""
+    shifted = build_ours(converted_file, ("MODEL.FCOS.LOCATION_OFFSET", "0.5"))
+    with pytest.raises(AssertionError, match="detections|boxes differ"):
+        assert_same_detections(torchvision_detections[:1], run_ours(shifted, images[:1]))
+
+
+def test_config_has_as_many_parameters_as_torchvision_coco_weights():
+    """The released COCO_V1 weights (FrozenBN, 91 labels) fit this config's model."""
+    model = build_model(load_config(CONFIG))  # NUM_CLASSES 91; FrozenBN has no parameters
+    count = sum(p.numel() for p in model.parameters())
+    assert count == FCOS_ResNet50_FPN_Weights.COCO_V1.meta["num_params"]
+
+
+def test_coco80_keeps_detectron2_coco_classes(tmp_path):
+    """--coco80: torchvision's 91 labels (COCO ids) to Detectron2's 80 contiguous ids."""
+    indices = torchvision_coco_class_indices()
+    names = FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    assert [names[i] for i in indices] == MetadataCatalog.get("coco_2017_val").thing_classes
+
+    torch.manual_seed(0)
+    source = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    state = source.state_dict()
+    torch.save(state, tmp_path / "in.pth")
+    assert main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--coco80"]) == 0
+    converted = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
+    weight = state["head.classification_head.cls_logits.weight"]  # (91, 256, 3, 3)
+    assert torch.equal(converted["head.cls_logits.weight"], weight[indices])  # (80, 256, 3, 3)
+
+
+def test_tool_names_missing_or_unreadable_input(tmp_path, capsys):
+    assert main([str(tmp_path / "nope.pth"), str(tmp_path / "out.pth")]) == 1
+    assert f"{tmp_path / 'nope.pth'}: no such file" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("not a checkpoint")
+    assert main([str(garbage), str(tmp_path / "out.pth")]) == 1
+    assert str(garbage) in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_tool_names_keys_that_do_not_fit(tmp_path, capsys):
+    state = {
+        "head.classification_head.cls_logits.bias": torch.zeros(3),
+        "backbone.body.layer9.0.conv1.weight": torch.zeros(1),
+    }
+    torch.save(state, tmp_path / "bad.pth")
+    assert main([str(tmp_path / "bad.pth"), str(tmp_path / "out.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.pth" in err and "backbone.body.layer9.0.conv1.weight" in err
+
+
+def test_conversion_rejects_incomplete_and_foreign_state_dicts(torchvision_model, our_model):
+    state = dict(torchvision_model.state_dict())
+    model_state = our_model.state_dict()
+    del state["head.regression_head.bbox_ctrness.bias"]
+    with pytest.raises(ValueError, match=r"missing keys \(1\): head\.centerness\.bias"):
+        convert_torchvision_fcos(state, model_state)
+    state["anchor_generator.cell_anchors.0"] = torch.zeros(1, 4)
+    with pytest.raises(ValueError, match=r"anchor_generator\.cell_anchors\.0"):
+        convert_torchvision_fcos(state, model_state)
+
+
+def test_frozen_batch_norm_checkpoint_converts_too(torchvision_model, our_model):
+    """Pretrained torchvision FCOS uses FrozenBatchNorm2d: no num_batches_tracked."""
+    state = {
+        k: v
+        for k, v in torchvision_model.state_dict().items()
+        if not k.endswith("num_batches_tracked")
+    }
+    assert set(FrozenBatchNorm2d(1).state_dict()) == {
+        "weight", "bias", "running_mean", "running_var"
+    }
+    converted = convert_torchvision_fcos(state, our_model.state_dict())
+    assert len(converted) == len(state) == len(our_model.state_dict())
+
+
+def test_tool_reads_wrapped_and_data_parallel_state_dicts(tmp_path):
+    weights = {"head.x": torch.ones(2)}
+    torch.save({"state_dict": {"module.head.x": torch.ones(2)}, "epoch": 3}, tmp_path / "a.pth")
+    torch.save({"model": weights}, tmp_path / "b.pth")
+    for name in ("a.pth", "b.pth"):
+        state = convert_torchvision.load_torchvision_state_dict(str(tmp_path / name))
+        assert list(state) == ["head.x"]
