@@ -98,3 +98,15 @@ def test_interrupted_generation_leaves_nothing_accepted(tmp_path, monkeypatch):
     assert len(json.load(open(json_path))["images"]) == 5
     assert len(os.listdir(image_dir)) == 5
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
+
+
+def test_concurrent_processes_generate_once(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(2) as pool:
+        results = pool.starmap(ensure_shapes_split, [("both", 6, 64, 0, str(tmp_path))] * 2)
+    assert results[0] == results[1]
+    json_path, image_dir = results[0]
+    assert len(json.load(open(json_path))["images"]) == 6
+    assert sorted(os.listdir(image_dir)) == [f"{i:06d}.png" for i in range(1, 7)]

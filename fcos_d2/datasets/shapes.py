@@ -11,6 +11,7 @@ leaves nothing that a later run accepts.
 """
 
 import argparse
+import fcntl
 import json
 import logging
 import os
@@ -195,12 +196,21 @@ def ensure_shapes_split(
     seed: int = 0,
     root: Optional[str] = None,
 ) -> Tuple[str, str]:
-    """Generate a split unless its json exists. Returns (json path, image directory)."""
+    """Generate a split unless its json exists. Returns (json path, image directory).
+
+    Safe when several processes (one per GPU) ask at once: one generates, the others
+    wait on a lock file and then find the json.
+    """
     root = root or shapes_root()
     json_path, image_dir = _paths(root, split)
-    if not os.path.isfile(json_path):
-        logger.info("Generating the shapes dataset, split %s, in %s", split, root)
-        generate_shapes_split(root, split, num_images, image_size, seed)
+    if os.path.isfile(json_path):
+        return json_path, image_dir
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, f".lock-{split}"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.isfile(json_path):
+            logger.info("Generating the shapes dataset, split %s, in %s", split, root)
+            generate_shapes_split(root, split, num_images, image_size, seed)
     return json_path, image_dir
 
 
