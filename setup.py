@@ -29,5 +29,9 @@ setup(
         "hydra-core>=1.1",
         "packaging",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    extras_require={
+        # tools/export.py --format onnx: torch.onnx.export(dynamo=True), checked with onnxruntime.
+        "export": ["onnx", "onnxscript", "onnxruntime"],
+        "test": ["pytest", "pytest-timeout", "onnx", "onnxscript", "onnxruntime"],
+    },
 )

@@ -1,0 +1,305 @@
+"""FCOS inference as a tensor-in / tensor-out module, for ``torch.export`` and ONNX.
+
+``FCOSExportModule(model)`` maps one image (3, H, W) to its detections (boxes, scores,
+classes) with the model's own modules and the candidate selection and decoding of
+:mod:`fcos_d2.inference`. It exports with ``torch.export.export`` (see
+:func:`export_program`) and ``torch.onnx.export(..., dynamo=True)``, for a fixed input
+size or, with :func:`dynamic_image_shapes`, for any size. ``tools/export.py`` does both
+from a config and checks the result against the eager model.
+
+Naming: an H x W input image, R_l locations on level l, K classes, C candidates,
+D detections.
+"""
+
+from typing import Dict, List, NamedTuple, Tuple
+
+import torch
+from detectron2.structures import Instances
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchvision.ops import nms
+
+from .inference import decode_boxes, select_level_candidates
+from .meta_arch import FCOS
+from .targets import make_location_grid
+
+# An exported program agrees with the eager model within these, after sorting by score.
+SCORE_TOLERANCE = 1e-4
+BOX_TOLERANCE = 1e-2  # input pixels
+
+
+class FCOSExportModule(nn.Module):
+    """Detections of one image from a built :class:`FCOS`, with tensors only.
+
+    Runs the model's normalisation, backbone and head, then
+    :func:`~fcos_d2.inference.select_level_candidates` and
+    :func:`~fcos_d2.inference.decode_boxes` on each level. What follows them in the eager
+    path (the end of :func:`~fcos_d2.inference.fcos_inference_single_image`, then
+    Detectron2's ``detector_postprocess``) is written here with plain tensor operations:
+    ``Boxes`` and ``batched_nms`` branch on the number of boxes, ``Boxes.clip`` asserts
+    on tensor values, and ``Instances`` checks lengths, none of which an export can trace
+    when that number depends on the data. The result is the same: finite boxes clipped
+    to the image, class-aware NMS, the best ``max_detections_per_image``, then the boxes
+    of zero width or height dropped.
+
+    The model's channels-last layout and folded frozen BatchNorm export as they are.
+    """
+
+    def __init__(self, model: FCOS):
+        """
+        Args:
+            model: a built FCOS, in eval mode; its modules are shared, not copied.
+        """
+        super().__init__()
+        if not isinstance(model, FCOS):
+            raise TypeError(
+                f"FCOSExportModule needs an fcos_d2 FCOS model, got {type(model).__name__}"
+            )
+        self.model = model
+
+    def preprocess(self, image: Tensor) -> Tensor:
+        """``FCOS.preprocess_image`` of one image: normalised and padded, (1, 3, H', W').
+
+        Detectron2's ``ImageList.from_tensors`` computes the padding in tensors and reads
+        it back, which an export sees as a size that depends on data; here it is computed
+        from the (possibly symbolic) sizes.
+        """
+        model = self.model
+        height, width = image.shape[-2:]
+        constraints = model.backbone.padding_constraints
+        divisibility = constraints.get("size_divisibility", model.backbone.size_divisibility)
+        square_size = constraints.get("square_size", 0)
+        padded_height, padded_width = (
+            (square_size, square_size) if square_size > 0 else (height, width)
+        )
+        if divisibility > 1:
+            padded_height = (padded_height + divisibility - 1) // divisibility * divisibility
+            padded_width = (padded_width + divisibility - 1) // divisibility * divisibility
+        x = (image.to(model.pixel_mean) - model.pixel_mean) / model.pixel_std  # (3, H, W)
+        x = F.pad(x, [0, padded_width - width, 0, padded_height - height])[None]
+        if model.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, image: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """
+        Args:
+            image: (3, H, W), 0-255, in the model's ``INPUT.FORMAT`` channel order.
+
+        Returns:
+            boxes (D, 4) as (x0, y0, x1, y1) in input pixels, scores (D,), and classes
+            (D,) int64; best first.
+        """
+        model = self.model
+        height, width = image.shape[-2:]
+        features = model.backbone(self.preprocess(image))
+        features = [features[f] for f in model.head_in_features]
+        logits, box_dists, centerness = model._flatten_predictions(model.head(features))
+        # Built here rather than by ``model.location_grid``: its cache is keyed by the
+        # feature sizes, which are unhashable SymInts in a dynamic-size export.
+        grid = make_location_grid(
+            [tuple(f.shape[-2:]) for f in features],
+            model.strides,
+            model.sizes_of_interest,
+            model.location_offset,
+            image.device,
+        )
+        points_per_level = grid.points.split(grid.num_per_level)
+
+        boxes_all: List[Tensor] = []
+        scores_all: List[Tensor] = []
+        classes_all: List[Tensor] = []
+        for level_logits, level_dists, level_centerness, points, stride in zip(
+            logits, box_dists, centerness, points_per_level, model.strides
+        ):
+            scores, locations, classes = select_level_candidates(
+                level_logits[0],  # (R_l, K)
+                level_centerness[0, :, 0],  # (R_l,)
+                model.score_thresh,
+                model.thresh_with_centerness,
+                model.topk_candidates,
+            )
+            dists = level_dists[0][locations]  # (C, 4)
+            pixel_dists = dists * stride if model.norm_reg_targets else dists
+            boxes_all.append(decode_boxes(points[locations], pixel_dists))  # (C, 4)
+            scores_all.append(scores)
+            classes_all.append(classes)
+        boxes = torch.cat(boxes_all)
+        scores, classes = torch.cat(scores_all), torch.cat(classes_all)
+
+        # Non-finite features must not turn into NaN boxes.
+        finite = torch.isfinite(boxes).all(dim=1)
+        boxes, scores, classes = boxes[finite], scores[finite], classes[finite]
+        boxes = clip_boxes(boxes, height, width)
+        keep = class_aware_nms(boxes, scores, classes, model.nms_thresh)
+        keep = keep[: model.max_detections_per_image]
+        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
+        # detector_postprocess keeps the boxes of positive width and height.
+        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        return boxes[nonempty], scores[nonempty], classes[nonempty]
+
+
+def clip_boxes(boxes: Tensor, height, width) -> Tensor:
+    """``Boxes.clip`` without its assertion that all boxes are finite, and not in place.
+
+    Args:
+        boxes: (C, 4) finite (x0, y0, x1, y1).
+        height, width: the image size (ints, or symbolic sizes in an export).
+    """
+    x = boxes[:, 0::2].clamp(min=0, max=width)  # (C, 2)
+    y = boxes[:, 1::2].clamp(min=0, max=height)  # (C, 2)
+    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
+    """``torchvision.ops.batched_nms`` for boxes clipped to the image, traceable by an export.
+
+    Shifts each class's boxes by ``class * (largest coordinate + 1)`` so that boxes of
+    different classes never overlap, then runs one NMS (torchvision's coordinate trick).
+    torchvision's ``batched_nms`` returns early on no boxes and switches to a per-class
+    loop above 1000 boxes: both branch on the number of boxes, unknown in an export.
+
+    torchvision's fake ``nms`` (the output size ``torch.export`` sees) declares at least
+    two kept boxes, and the exported program asserts it at run time. Two sentinel boxes,
+    at negative coordinates (the shifted boxes are >= 0) and scored below any candidate,
+    are always kept, last, so that holds; they are dropped before returning.
+
+    Args:
+        boxes: (C, 4) finite (x0, y0, x1, y1), all coordinates >= 0.
+        scores: (C,) scores, >= 0.
+        classes: (C,) class indices.
+
+    Returns:
+        indices (D,) of the kept boxes, best first.
+    """
+    num_boxes = boxes.shape[0]
+    # The appended zero makes the maximum defined when there are no boxes.
+    max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
+    offsets = classes.to(boxes) * (max_coordinate + 1)  # (C,)
+    sentinels = boxes.new_tensor([[-4.0, -4.0, -3.0, -3.0], [-2.0, -2.0, -1.0, -1.0]])
+    keep = nms(
+        torch.cat([boxes + offsets[:, None], sentinels]),
+        torch.cat([scores, scores.new_full((2,), -1.0)]),
+        iou_threshold,
+    )
+    return keep[keep < num_boxes]
+
+
+def dynamic_image_shapes(
+    model: FCOS, max_size: int = 4096
+) -> Dict[str, Dict[int, torch.export.Dim]]:
+    """``dynamic_shapes`` for exporting :class:`FCOSExportModule` for any image size.
+
+    Heights and widths range from one more than the coarsest level's stride to
+    ``max_size``: up to that stride the coarsest level is one cell high or wide, and an
+    export specialises sizes of 1, so smaller images need an export of their own size.
+    """
+    min_size = max(model.strides) + 1
+    return {
+        "image": {
+            1: torch.export.Dim("height", min=min_size, max=max_size),
+            2: torch.export.Dim("width", min=min_size, max=max_size),
+        }
+    }
+
+
+def export_program(
+    module: FCOSExportModule, image: Tensor, dynamic: bool = False
+) -> torch.export.ExportedProgram:
+    """``torch.export.export`` of ``module`` for the size of ``image`` (3, H, W), or with
+    ``dynamic`` for the sizes of :func:`dynamic_image_shapes`."""
+    if not dynamic:
+        return torch.export.export(module, (image,))
+    # With symbolic sizes, BatchNorm on channels-last tensors adds a guard that holds for
+    # every size but that export cannot prove; checked at run time instead, it costs nothing.
+    return torch.export.export(
+        module,
+        (image,),
+        dynamic_shapes=dynamic_image_shapes(module.model),
+        prefer_deferred_runtime_asserts_over_guards=True,
+    )
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def instances_to_tensors(instances: Instances) -> Tuple[Tensor, Tensor, Tensor]:
+    """(boxes (D, 4), scores (D,), classes (D,)) of the eager model's ``Instances``."""
+    return instances.pred_boxes.tensor, instances.scores, instances.pred_classes
+
+
+class DetectionsDifference(NamedTuple):
+    """How far two sets of detections of one image are apart, after sorting by score."""
+
+    expected_count: int
+    actual_count: int
+    max_score_difference: float  # nan when the counts differ or there are none
+    max_box_difference: float  # input pixels; nan likewise
+    same_classes: bool
+
+    def agrees(
+        self, score_tolerance: float = SCORE_TOLERANCE, box_tolerance: float = BOX_TOLERANCE
+    ) -> bool:
+        """Same count and classes, scores and boxes within the tolerances."""
+        if self.expected_count != self.actual_count or not self.same_classes:
+            return False
+        if self.expected_count == 0:
+            return True
+        return (
+            self.max_score_difference <= score_tolerance
+            and self.max_box_difference <= box_tolerance
+        )
+
+    def __str__(self) -> str:
+        return (
+            f"detections {self.expected_count} (eager) vs {self.actual_count} (exported), "
+            f"max |score difference| {self.max_score_difference:.3g}, "
+            f"max |box difference| {self.max_box_difference:.3g} px, "
+            f"same classes: {self.same_classes}"
+        )
+
+
+def _score_order(boxes: Tensor, scores: Tensor, classes: Tensor) -> Tensor:
+    """Indices (D,) sorting by decreasing score, equal scores by class, then box coordinates.
+
+    Detections of equal scores come out of NMS in an order that depends on the kernel.
+    """
+    order = torch.arange(len(scores))
+    for key in [*boxes.unbind(dim=1)[::-1], classes]:  # least significant first
+        order = order[key[order].argsort(stable=True)]
+    return order[scores[order].argsort(descending=True, stable=True)]
+
+
+def compare_detections(expected: Tuple, actual: Tuple) -> DetectionsDifference:
+    """Compare two (boxes (D, 4), scores (D,), classes (D,)), tensors or numpy arrays.
+
+    Both are sorted by decreasing score (equal scores by class, then box) before they
+    are compared pairwise.
+    """
+    expected, actual = [
+        [torch.as_tensor(x).detach().cpu() for x in detections] for detections in (expected, actual)
+    ]
+    counts = len(expected[1]), len(actual[1])
+    if counts[0] != counts[1] or counts[0] == 0:
+        nan = float("nan")
+        return DetectionsDifference(*counts, nan, nan, counts[0] == counts[1])
+    (boxes_a, scores_a, classes_a), (boxes_b, scores_b, classes_b) = [
+        (boxes[order], scores[order], classes[order])
+        for boxes, scores, classes in (expected, actual)
+        for order in [_score_order(boxes, scores, classes)]
+    ]
+    return DetectionsDifference(
+        *counts,
+        max_score_difference=(scores_a.double() - scores_b.double()).abs().max().item(),
+        max_box_difference=(boxes_a.double() - boxes_b.double()).abs().max().item(),
+        same_classes=bool((classes_a.long() == classes_b.long()).all()),
+    )
+
+
+def sample_image(height: int, width: int, seed: int = 0) -> Tensor:
+    """A (3, H, W) 0-255 float image of smooth noise, whose features vary like a photo's."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 3, max(1, height // 16), max(1, width // 16), generator=generator)
+    smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
+    fine = torch.rand(3, height, width, generator=generator)
+    return (0.8 * smooth + 0.2 * fine) * 255
