@@ -23,7 +23,7 @@ from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
-from fcos_d2 import add_fcos_config  # noqa: F401  (also registers FCOS and the datasets)
+import fcos_d2  # noqa: F401  (registers FCOS and the built-in datasets)
 from train_net import build_config
 
 DRAWN_SIZE = 512  # pixels on the longer side of a drawn image, at least

@@ -11,7 +11,7 @@ Naming: an H x W input image, R_l locations on level l, K classes, C candidates,
 D detections.
 """
 
-from typing import Dict, List, NamedTuple, Tuple
+from typing import Dict, NamedTuple, Tuple
 
 import torch
 from detectron2.structures import Instances
@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import nms
 
-from .inference import decode_boxes, select_level_candidates
+from .inference import decode_candidates
 from .meta_arch import FCOS
 from .targets import make_location_grid
 
@@ -106,30 +106,17 @@ class FCOSExportModule(nn.Module):
         )
         points_per_level = grid.points.split(grid.num_per_level)
 
-        boxes_all: List[Tensor] = []
-        scores_all: List[Tensor] = []
-        classes_all: List[Tensor] = []
-        for level_logits, level_dists, level_centerness, points, stride in zip(
-            logits, box_dists, centerness, points_per_level, model.strides
-        ):
-            scores, locations, classes = select_level_candidates(
-                level_logits[0],  # (R_l, K)
-                level_centerness[0, :, 0],  # (R_l,)
-                model.score_thresh,
-                model.thresh_with_centerness,
-                model.topk_candidates,
-            )
-            dists = level_dists[0][locations]  # (C, 4)
-            pixel_dists = dists * stride if model.norm_reg_targets else dists
-            boxes_all.append(decode_boxes(points[locations], pixel_dists))  # (C, 4)
-            scores_all.append(scores)
-            classes_all.append(classes)
-        boxes = torch.cat(boxes_all)
-        scores, classes = torch.cat(scores_all), torch.cat(classes_all)
-
-        # Non-finite features must not turn into NaN boxes.
-        finite = torch.isfinite(boxes).all(dim=1)
-        boxes, scores, classes = boxes[finite], scores[finite], classes[finite]
+        boxes, scores, classes = decode_candidates(
+            [x[0] for x in logits],  # (R_l, K)
+            [x[0] for x in box_dists],  # (R_l, 4)
+            [x[0, :, 0] for x in centerness],  # (R_l,)
+            points_per_level,
+            model.strides,
+            norm_reg_targets=model.norm_reg_targets,
+            score_thresh=model.score_thresh,
+            thresh_with_centerness=model.thresh_with_centerness,
+            topk_candidates=model.topk_candidates,
+        )
         boxes = clip_boxes(boxes, height, width)
         keep = class_aware_nms(boxes, scores, classes, model.nms_thresh)
         keep = keep[: model.max_detections_per_image]

@@ -49,6 +49,51 @@ def select_level_candidates(
     return top_scores, top_idx // num_classes, top_idx % num_classes
 
 
+def decode_candidates(
+    logits_per_level: List[Tensor],
+    box_dists_per_level: List[Tensor],
+    centerness_per_level: List[Tensor],
+    points_per_level: List[Tensor],
+    strides: List[int],
+    *,
+    norm_reg_targets: bool = True,
+    score_thresh: float = 0.05,
+    thresh_with_centerness: bool = False,
+    topk_candidates: int = 1000,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The candidate boxes of one image, before NMS: per level threshold, top-k, decode.
+
+    Tensor in, tensor out (no ``Boxes`` / ``Instances``), so that it also exports.
+
+    Args:
+        logits_per_level: (R_l, K) class logits of each level.
+        box_dists_per_level: (R_l, 4) distances (l, t, r, b), in stride units when
+            ``norm_reg_targets`` else in pixels.
+        centerness_per_level: (R_l,) centerness logits.
+        points_per_level: (R_l, 2) location coordinates.
+        strides: stride of each level.
+
+    Returns:
+        boxes (C, 4), all finite, scores (C,) and classes (C,).
+    """
+    boxes_all, scores_all, classes_all = [], [], []
+    for logits, dists, centerness, points, stride in zip(
+        logits_per_level, box_dists_per_level, centerness_per_level, points_per_level, strides
+    ):
+        scores, locations, classes = select_level_candidates(
+            logits, centerness, score_thresh, thresh_with_centerness, topk_candidates
+        )
+        pixel_dists = dists[locations] * stride if norm_reg_targets else dists[locations]
+        boxes_all.append(decode_boxes(points[locations], pixel_dists))  # (C_l, 4)
+        scores_all.append(scores)
+        classes_all.append(classes)
+    boxes = torch.cat(boxes_all)
+    scores, classes = torch.cat(scores_all), torch.cat(classes_all)
+    # Non-finite features must not turn into NaN boxes.
+    finite = torch.isfinite(boxes).all(dim=1)
+    return boxes[finite], scores[finite], classes[finite]
+
+
 def fcos_inference_single_image(
     logits_per_level: List[Tensor],
     box_dists_per_level: List[Tensor],
@@ -66,35 +111,24 @@ def fcos_inference_single_image(
 ) -> Instances:
     """Detections of one image from its per-level head outputs.
 
-    Args:
-        logits_per_level: (R_l, K) class logits of each level.
-        box_dists_per_level: (R_l, 4) distances (l, t, r, b), in stride units when
-            ``norm_reg_targets`` else in pixels.
-        centerness_per_level: (R_l,) centerness logits.
-        points_per_level: (R_l, 2) location coordinates.
-        strides: stride of each level.
-        image_size: (height, width) the boxes are clipped to.
+    Candidates come from :func:`decode_candidates` (same arguments); they are clipped
+    to ``image_size`` (height, width), then class-aware NMS keeps ``max_detections``.
 
     Returns:
         Instances with ``pred_boxes``, ``scores`` and ``pred_classes``, best first.
     """
-    boxes_all, scores_all, classes_all = [], [], []
-    for logits, dists, centerness, points, stride in zip(
-        logits_per_level, box_dists_per_level, centerness_per_level, points_per_level, strides
-    ):
-        scores, locations, classes = select_level_candidates(
-            logits, centerness, score_thresh, thresh_with_centerness, topk_candidates
-        )
-        pixel_dists = dists[locations] * stride if norm_reg_targets else dists[locations]
-        boxes_all.append(decode_boxes(points[locations], pixel_dists))  # (C, 4)
-        scores_all.append(scores)
-        classes_all.append(classes)
-
-    boxes = Boxes(torch.cat(boxes_all))
-    scores, classes = torch.cat(scores_all), torch.cat(classes_all)
-    # Non-finite features must not turn into NaN boxes.
-    finite = torch.isfinite(boxes.tensor).all(dim=1)
-    boxes, scores, classes = boxes[finite], scores[finite], classes[finite]
+    boxes, scores, classes = decode_candidates(
+        logits_per_level,
+        box_dists_per_level,
+        centerness_per_level,
+        points_per_level,
+        strides,
+        norm_reg_targets=norm_reg_targets,
+        score_thresh=score_thresh,
+        thresh_with_centerness=thresh_with_centerness,
+        topk_candidates=topk_candidates,
+    )
+    boxes = Boxes(boxes)
     boxes.clip(image_size)
     keep = batched_nms(boxes.tensor, scores, classes, nms_thresh)[:max_detections]
     result = Instances(image_size)
