@@ -91,15 +91,17 @@ def test_recall_and_precision_verdicts():
     assert judge_precision({"AP": 47.0}, {"AP": 45.0}).verdict == NOT_SUPPORTED
 
 
-def overlap(clear_ap, heavy_ap, heavy_count=50):
-    return {CLEAR: {"num_gt": 100, "AP": clear_ap}, LIGHT: {"num_gt": 30, "AP": 0.0},
-            HEAVY: {"num_gt": heavy_count, "AP": heavy_ap}}
+def overlap(clear_recall, heavy_recall, heavy_count=50):
+    return {CLEAR: {"num_gt": 100, "AP": 50.0, "recall50": clear_recall},
+            LIGHT: {"num_gt": 30, "AP": 40.0, "recall50": 0.0},
+            HEAVY: {"num_gt": heavy_count, "AP": 5.0, "recall50": heavy_recall}}
 
 
-def test_overlap_verdict():
-    assert judge_overlap(overlap(80, 50), overlap(80, 70)).verdict == SUPPORTED  # FCOS drops 30, baseline 10
-    assert judge_overlap(overlap(80, 75), overlap(80, 60)).verdict == NOT_SUPPORTED
-    assert judge_overlap(overlap(80, 50, heavy_count=5), overlap(80, 70)).verdict == INCONCLUSIVE
+def test_overlap_verdict_is_judged_on_recall():
+    assert judge_overlap(overlap(90, 60), overlap(90, 80)).verdict == SUPPORTED  # FCOS drops 30, baseline 10
+    assert judge_overlap(overlap(90, 85), overlap(90, 70)).verdict == NOT_SUPPORTED
+    assert judge_overlap(overlap(90, 89.5), overlap(90, 90)).verdict == INCONCLUSIVE
+    assert judge_overlap(overlap(90, 60, heavy_count=5), overlap(90, 80)).verdict == INCONCLUSIVE
 
 
 def write_run(directory, name, meta_architecture, predictions, s_per_iter):
