@@ -39,6 +39,18 @@ def make_instances(image_size, boxes, classes, crowd=None) -> Instances:
     return instances
 
 
+@torch.no_grad()
+def randomize_frozen_bn(model: torch.nn.Module) -> None:
+    """Give every frozen BatchNorm random statistics and affine terms (not 0 / 1)."""
+    for name, buffer in model.named_buffers():
+        if "norm.running_var" in name:
+            buffer.uniform_(0.5, 2.0)
+        elif "norm.running_mean" in name or "norm.bias" in name:
+            buffer.normal_(0, 0.2)
+        elif "norm.weight" in name:
+            buffer.uniform_(0.5, 1.5)
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)

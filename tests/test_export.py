@@ -27,7 +27,7 @@ from fcos_d2.export import (
 )
 from fcos_d2.speedups import FrozenBNFoldedConv2d
 
-from conftest import QUICK_CONFIG, REPO, load_config
+from conftest import QUICK_CONFIG, REPO, load_config, randomize_frozen_bn
 
 pytestmark = [
     # torchvision's fake nms and torch.export.save; nothing this project can act on.
@@ -64,14 +64,8 @@ def build_randomized_model(opts=()):
     """The quick model with random frozen BN statistics and a classifier that fires."""
     torch.manual_seed(0)
     model = build_model(load_config(QUICK_CONFIG, [*OPTS, *opts]))
+    randomize_frozen_bn(model)
     with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if "norm.running_var" in name:
-                buffer.uniform_(0.5, 2.0)
-            elif "norm.running_mean" in name or "norm.bias" in name:
-                buffer.normal_(0, 0.2)
-            elif "norm.weight" in name:
-                buffer.uniform_(0.5, 1.5)
         head = model.head
         head.cls_logits.weight.normal_(std=0.2)
         head.cls_logits.bias.fill_(-1.0)

@@ -6,7 +6,7 @@ from detectron2.modeling import build_model
 
 from fcos_d2.speedups import FrozenBNFoldedConv2d
 
-from conftest import CONFIGS, load_config, make_instances
+from conftest import CONFIGS, load_config, make_instances, randomize_frozen_bn
 
 PLAIN = ["MODEL.FCOS.CHANNELS_LAST", "False", "MODEL.FCOS.FOLD_FROZEN_BN", "False"]
 FAST = ["MODEL.FCOS.CHANNELS_LAST", "True", "MODEL.FCOS.FOLD_FROZEN_BN", "True"]
@@ -19,13 +19,7 @@ def randomized_pair():
     """The same random weights (frozen BN statistics included) in a plain and a fast model."""
     torch.manual_seed(0)
     plain = build_model(load_config(CONFIGS / "FCOS_R_50_1x.yaml", [*SMALL_R50, *PLAIN]))
-    for name, buffer in plain.named_buffers():
-        if "norm.running_var" in name:
-            buffer.uniform_(0.5, 2.0)
-        elif "norm.running_mean" in name or "norm.bias" in name:
-            buffer.normal_(0, 0.2)
-        elif "norm.weight" in name:
-            buffer.uniform_(0.5, 1.5)
+    randomize_frozen_bn(plain)
     fast = build_model(load_config(CONFIGS / "FCOS_R_50_1x.yaml", [*SMALL_R50, *FAST]))
     fast.load_state_dict(plain.state_dict())
     return plain, fast
