@@ -179,23 +179,47 @@ class FCOS(DenseDetector):
         predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
         gt_instances: List[Instances],
     ) -> Dict[str, Tensor]:
+        logits, box_dists, centerness = self.concat_predictions(predictions)
+        labels, box_targets = self.label_locations(features, gt_instances)
+        return self.losses(logits, box_dists, centerness, labels, box_targets)
+
+    def concat_predictions(
+        self, predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """Head outputs of all levels as (N, R, K), (N, R, 4), (N, R), in float32 for the losses."""
         logits, box_dists, centerness = (
             torch.cat(level_outputs, dim=1).float()
             for level_outputs in self._flatten_predictions(predictions)
-        )  # (N, R, K), (N, R, 4), (N, R, 1)
+        )
+        return logits, box_dists, centerness.squeeze(2)
+
+    def label_locations(
+        self, features: List[Tensor], gt_instances: List[Instances]
+    ) -> Tuple[Tensor, Tensor]:
+        """Target assignment: labels (N, R) and box targets (N, R, 4) for every location."""
         grid = self.location_grid(features)
         gt_instances = [sanitize_gt_instances(x, self.num_classes) for x in gt_instances]
-        labels, box_targets = assign_targets(
+        return assign_targets(
             grid,
             gt_instances,
             self.num_classes,
             self.center_sampling_radius,
             normalize_by_stride=self.norm_reg_targets,
-        )  # (N, R), (N, R, 4)
+        )
+
+    def losses(
+        self,
+        logits: Tensor,
+        box_dists: Tensor,
+        centerness: Tensor,
+        labels: Tensor,
+        box_targets: Tensor,
+    ) -> Dict[str, Tensor]:
+        """The FCOS losses (see :func:`fcos_losses`) with this model's loss parameters."""
         return fcos_losses(
             logits,
             box_dists,
-            centerness.squeeze(2),
+            centerness,
             labels,
             box_targets,
             num_classes=self.num_classes,

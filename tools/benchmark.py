@@ -58,8 +58,7 @@ from torchvision.models.detection import fcos_resnet50_fpn  # noqa: E402
 from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
 import train_net  # noqa: E402
-from fcos_d2.losses import fcos_losses  # noqa: E402
-from fcos_d2.targets import assign_targets, sanitize_gt_instances  # noqa: E402
+from fcos_d2.targets import assign_targets  # noqa: E402
 
 MODELS = ("fcos_d2", "d2_fcos", "tv_fcos", "d2_mask_rcnn")
 DEFAULT_CONFIG = "configs/FCOS_R_50_1x.yaml"
@@ -549,8 +548,8 @@ def staged_training_step(
 ) -> None:
     """One training step of fcos_d2 with each piece timed.
 
-    The same calls, in the same order, as ``DenseDetector.forward`` followed by
-    ``FCOS.forward_training``; keep the two in step.
+    The pieces ``DenseDetector.forward`` and ``FCOS.forward_training`` are made of,
+    called one by one.
     """
     with clock("preprocess"):
         images = model.preprocess_image(inputs)
@@ -561,32 +560,11 @@ def staged_training_step(
     with clock("head"):
         predictions = model.head(features)
     with clock("flatten"):
-        logits, box_dists, centerness = (
-            torch.cat(level_outputs, dim=1).float()
-            for level_outputs in model._flatten_predictions(predictions)
-        )  # (N, R, K), (N, R, 4), (N, R, 1)
+        logits, box_dists, centerness = model.concat_predictions(predictions)
     with clock("target assignment"):
-        grid = model.location_grid(features)
-        gt_instances = [sanitize_gt_instances(x, model.num_classes) for x in gt_instances]
-        labels, box_targets = assign_targets(
-            grid,
-            gt_instances,
-            model.num_classes,
-            model.center_sampling_radius,
-            normalize_by_stride=model.norm_reg_targets,
-        )
+        labels, box_targets = model.label_locations(features, gt_instances)
     with clock("losses"):
-        losses = fcos_losses(
-            logits,
-            box_dists,
-            centerness.squeeze(2),
-            labels,
-            box_targets,
-            num_classes=model.num_classes,
-            focal_loss_alpha=model.focal_loss_alpha,
-            focal_loss_gamma=model.focal_loss_gamma,
-            box_loss_type=model.box_loss_type,
-        )
+        losses = model.losses(logits, box_dists, centerness, labels, box_targets)
         total = sum(losses.values())
     with clock("backward+SGD"):
         total.backward()
