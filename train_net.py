@@ -68,6 +68,10 @@ def build_config(config_file: str, opts: List[str]) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
         logger.warning("No GPU found: running on the CPU (MODEL.DEVICE cpu)")
+    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        # Detectron2's AMPTrainer autocasts on CUDA only (and asserts a GPU at step 1).
+        cfg.SOLVER.AMP.ENABLED = False
+        logger.warning("SOLVER.AMP.ENABLED needs a CUDA device: training in float32 on the CPU")
     cfg.freeze()
     return cfg
 
