@@ -13,6 +13,8 @@ from torch import nn
 
 from conftest import QUICK_CONFIG
 
+from detectron2.utils.events import EventStorage
+
 import benchmark  # tools/benchmark.py, on sys.path through conftest
 
 TINY = [
@@ -76,6 +78,7 @@ def test_model_numbers(results, name):
         assert model["flops"] > 0
     losses = model["train_losses_last"]
     assert losses and all(math.isfinite(v) for v in losses.values())
+    assert model["train_losses_finite"] is True
     # Score threshold 0: post-processing keeps the maximum number of detections.
     assert model["detections_per_image"] > 0
 
@@ -97,6 +100,33 @@ def test_report_has_the_tables(results):
     report = benchmark.format_report(results)
     for text in ("fcos_d2", "d2_fcos", "vs d2_fcos", "decoding+NMS", "assign_targets"):
         assert text in report
+
+
+def test_amp_runs_the_model_in_reduced_precision_with_finite_losses():
+    args = benchmark.parse_args(TINY + ["--amp"])
+    device = torch.device("cpu")
+    contender = benchmark.build_fcos_d2(args, device)
+    model = contender.model.train()
+    samples = benchmark.make_samples(torch.Generator().manual_seed(0), 2, 64, 96, 3)
+    (inputs,) = contender.to_inputs(samples, True)
+    head_dtypes = []
+    model.head.register_forward_hook(lambda m, i, out: head_dtypes.append(out[0][0].dtype))
+    optimizer = benchmark.make_optimizer(model)
+    clock = benchmark.StageClock(device)
+    with EventStorage():
+        losses = benchmark.training_step(model, (inputs,), optimizer, amp=True)
+        benchmark.staged_training_step(model, inputs, optimizer, clock, amp=True)
+        plain = benchmark.training_step(model, (inputs,), optimizer, amp=False)
+    assert head_dtypes == [torch.bfloat16, torch.bfloat16, torch.float32]
+    assert all(math.isfinite(v) for v in losses.values())
+    for name, value in losses.items():  # lr 0: same weights, so close to float32
+        assert value == pytest.approx(plain[name], rel=0.05), name
+
+
+def test_report_names_the_precision(results):
+    assert "float32" in benchmark.format_report(results)
+    amp_results = {**results, "settings": {**results["settings"], "amp": True}}
+    assert "mixed precision" in benchmark.format_report(amp_results)
 
 
 class _Untraceable(nn.Module):

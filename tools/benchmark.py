@@ -24,6 +24,7 @@ import argparse
 import ctypes
 import gc
 import json
+import math
 import os
 import platform
 import shlex
@@ -453,34 +454,76 @@ BUILDERS: Dict[str, Callable[[argparse.Namespace, torch.device], Contender]] = {
 # ---------------------------------------------------------------------------------------
 
 
+# --amp: Detectron2's AMPTrainer autocasts to float16 on CUDA. CPU float16 convolution
+# backward has no fast kernel (minutes per step), so on the CPU --amp means bfloat16.
+AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
+
+
+def autocast(device: torch.device, enabled: bool):
+    """The mixed-precision context of ``--amp`` (a no-op when not enabled)."""
+    return torch.autocast(device.type, dtype=AMP_DTYPES[device.type], enabled=enabled)
+
+
+def make_scaler(device: torch.device, amp: bool) -> Optional[torch.amp.GradScaler]:
+    """A gradient scaler for float16 training, as Detectron2's AMPTrainer uses; else None."""
+    return torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
+
+
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     trainable = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.SGD(trainable, lr=LEARNING_RATE, momentum=0.9, weight_decay=1e-4)
 
 
-def training_step(
-    model: nn.Module, inputs: tuple, optimizer: torch.optim.Optimizer
-) -> Dict[str, float]:
-    """Forward, sum of losses, backward, SGD step, zero_grad; returns the losses."""
-    losses = model(*inputs)
-    total = sum(losses.values())
-    total.backward()
-    optimizer.step()
+def backward_and_step(
+    total: Tensor, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler]
+) -> None:
+    """Backward, SGD step (through the scaler if any), zero_grad."""
+    if scaler is None:
+        total.backward()
+        optimizer.step()
+    else:
+        scaler.scale(total).backward()
+        scaler.step(optimizer)
+        scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def training_step(
+    model: nn.Module,
+    inputs: tuple,
+    optimizer: torch.optim.Optimizer,
+    amp: bool = False,
+    scaler: Optional[torch.amp.GradScaler] = None,
+) -> Dict[str, float]:
+    """Forward (autocast if ``amp``), sum of losses, backward, SGD step, zero_grad.
+
+    Returns:
+        The losses, as floats.
+    """
+    with autocast(next(model.parameters()).device, amp):
+        losses = model(*inputs)
+        total = sum(losses.values())
+    backward_and_step(total, optimizer, scaler)
     return {name: value.item() for name, value in losses.items()}
 
 
 def measure_training(
-    contender: Contender, samples: Sequence[Sample], device: torch.device, warmup: int, reps: int
+    contender: Contender,
+    samples: Sequence[Sample],
+    device: torch.device,
+    warmup: int,
+    reps: int,
+    amp: bool = False,
 ) -> Tuple[Measurement, Dict[str, float]]:
     """Seconds per training iteration over the batch, and the losses of the last one."""
     model = contender.model.train()
     inputs = contender.to_inputs(samples, True)
     optimizer = make_optimizer(model)
+    scaler = make_scaler(device, amp)
     last_losses: Dict[str, float] = {}
 
     def step() -> None:
-        last_losses.update(training_step(model, inputs, optimizer))
+        last_losses.update(training_step(model, inputs, optimizer, amp, scaler))
 
     with EventStorage():  # Detectron2's models log training scalars to it
         result = measure(step, device, warmup, reps, items_per_call=len(samples))
@@ -488,7 +531,12 @@ def measure_training(
 
 
 def measure_inference(
-    contender: Contender, samples: Sequence[Sample], device: torch.device, warmup: int, reps: int
+    contender: Contender,
+    samples: Sequence[Sample],
+    device: torch.device,
+    warmup: int,
+    reps: int,
+    amp: bool = False,
 ) -> Tuple[Measurement, float]:
     """Seconds per inference call over the batch, and the detections per image."""
     model = contender.model.eval()
@@ -496,7 +544,7 @@ def measure_inference(
     detections: List[int] = []
 
     def step() -> None:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(device, amp):
             outputs = model(*inputs)
         detections[:] = [count_detections(output) for output in outputs]
 
@@ -544,13 +592,26 @@ def count_flops(model: nn.Module, inputs: tuple) -> Tuple[Optional[int], Optiona
 
 
 def staged_training_step(
-    model: nn.Module, inputs: List[dict], optimizer: torch.optim.Optimizer, clock: StageClock
+    model: nn.Module,
+    inputs: List[dict],
+    optimizer: torch.optim.Optimizer,
+    clock: StageClock,
+    amp: bool = False,
+    scaler: Optional[torch.amp.GradScaler] = None,
 ) -> None:
     """One training step of fcos_d2 with each piece timed.
 
     The pieces ``DenseDetector.forward`` and ``FCOS.forward_training`` are made of,
     called one by one.
     """
+    with autocast(model.device, amp):
+        total = _staged_training_forward(model, inputs, clock)
+    with clock("backward+SGD"):
+        backward_and_step(total, optimizer, scaler)
+
+
+def _staged_training_forward(model: nn.Module, inputs: List[dict], clock: StageClock) -> Tensor:
+    """The forward half of :func:`staged_training_step`; returns the summed loss."""
     with clock("preprocess"):
         images = model.preprocess_image(inputs)
         gt_instances = [x["instances"].to(model.device) for x in inputs]
@@ -565,16 +626,19 @@ def staged_training_step(
         labels, box_targets = model.label_locations(features, gt_instances)
     with clock("losses"):
         losses = model.losses(logits, box_dists, centerness, labels, box_targets)
-        total = sum(losses.values())
-    with clock("backward+SGD"):
-        total.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        return sum(losses.values())
 
 
 @torch.no_grad()
-def staged_inference(model: nn.Module, inputs: List[dict], clock: StageClock) -> None:
+def staged_inference(
+    model: nn.Module, inputs: List[dict], clock: StageClock, amp: bool = False
+) -> None:
     """One inference of fcos_d2 with each piece timed, as ``DenseDetector.forward`` does it."""
+    with autocast(model.device, amp):
+        _staged_inference(model, inputs, clock)
+
+
+def _staged_inference(model: nn.Module, inputs: List[dict], clock: StageClock) -> None:
     with clock("preprocess"):
         images = model.preprocess_image(inputs)
     with clock("backbone+FPN"):
@@ -609,6 +673,7 @@ def measure_breakdown(
     device: torch.device,
     warmup: int,
     reps: int,
+    amp: bool = False,
 ) -> Dict[str, Dict[str, Measurement]]:
     """fcos_d2's training step and inference, stage by stage."""
     model = contender.model
@@ -617,16 +682,20 @@ def measure_breakdown(
 
     model.train()
     optimizer = make_optimizer(model)
+    scaler = make_scaler(device, amp)
     train_clock = StageClock(device)
     with EventStorage():
         training = run_stages(
-            lambda: staged_training_step(model, train_inputs, optimizer, train_clock),
+            lambda: staged_training_step(
+                model, train_inputs, optimizer, train_clock, amp, scaler
+            ),
             train_clock, warmup, reps,
         )
     model.eval()
     infer_clock = StageClock(device)
     inference = run_stages(
-        lambda: staged_inference(model, infer_inputs, infer_clock), infer_clock, warmup, reps
+        lambda: staged_inference(model, infer_inputs, infer_clock, amp),
+        infer_clock, warmup, reps,
     )
     return {"training": training, "inference": inference}
 
@@ -682,10 +751,12 @@ def benchmark_model(
     contender = BUILDERS[name](args, device)
     print(f"[benchmark] {name}: inference ...", flush=True)
     inference, detections = measure_inference(
-        contender, infer_samples, device, args.warmup, args.reps
+        contender, infer_samples, device, args.warmup, args.reps, args.amp
     )
     print(f"[benchmark] {name}: training ...", flush=True)
-    training, losses = measure_training(contender, train_samples, device, args.warmup, args.reps)
+    training, losses = measure_training(
+        contender, train_samples, device, args.warmup, args.reps, args.amp
+    )
     print(f"[benchmark] {name}: FLOPs ...", flush=True)
     flops, flop_note = count_flops(contender.model, contender.to_inputs(infer_samples[:1], False))
     notes = list(contender.notes) + ([f"{name}: {flop_note}"] if flop_note else [])
@@ -696,6 +767,7 @@ def benchmark_model(
         "flops_input": [1, 3, args.height, args.width],
         "train": training.to_json(),
         "train_losses_last": losses,
+        "train_losses_finite": all(math.isfinite(v) for v in losses.values()),
         "infer": inference.to_json(),
         "infer_per_image": inference.per_item().to_json(),
         "detections_per_image": detections,
@@ -714,7 +786,7 @@ def fcos_d2_extras(
     """fcos_d2's stage breakdown and the target-assignment scaling."""
     print("[benchmark] fcos_d2: stage breakdown ...", flush=True)
     breakdown = measure_breakdown(
-        contender, train_samples, infer_samples, device, args.warmup, args.reps
+        contender, train_samples, infer_samples, device, args.warmup, args.reps, args.amp
     )
     print("[benchmark] fcos_d2: target assignment scaling ...", flush=True)
     generator = torch.Generator().manual_seed(args.seed + 1)
@@ -842,6 +914,8 @@ def models_table(results: dict) -> str:
             "-" if model["flops"] is None else f"{model['flops'] / 1e9:.1f}",
             spread(model["train"]),
             ratio(models, name, "d2_fcos", "train"),
+            ratio(models, name, "d2_mask_rcnn", "train"),
+            "yes" if model["train_losses_finite"] else "NO",
             megabytes(model["train"]["peak_mb"]),
             spread(model["infer_per_image"]),
             ratio(models, name, "d2_fcos", "infer_per_image"),
@@ -850,7 +924,7 @@ def models_table(results: dict) -> str:
         ])
     headers = [
         "model", "params M (trainable)", "GFLOPs", "train s/iter [min, max]", "vs d2_fcos",
-        "train peak MB", "infer s/img [min, max]", "vs d2_fcos", "vs tv_fcos", "infer peak MB",
+        "vs d2_mask_rcnn", "losses finite", "train peak MB", "infer s/img [min, max]", "vs d2_fcos", "vs tv_fcos", "infer peak MB",
     ]
     return tabulate(rows, headers=headers, tablefmt="github")
 
@@ -901,7 +975,9 @@ def format_report(results: dict) -> str:
         f"images {settings['height']}x{settings['width']}, train batch {settings['train_batch']}, "
         f"infer batch {settings['infer_batch']}, {settings['num_boxes']} boxes/image, "
         f"score thresh {settings['score_thresh']}, warmup {settings['warmup']}, "
-        f"reps {settings['reps']} (times: median [min, max])",
+        f"reps {settings['reps']}, "
+        f"{'mixed precision (--amp)' if settings['amp'] else 'float32'} "
+        "(times: median [min, max])",
         "",
         models_table(results),
     ]
@@ -939,6 +1015,11 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
+    )
+    parser.add_argument(
+        "--amp", action="store_true",
+        help="mixed precision for every model: float16 autocast and a GradScaler on CUDA, "
+        "as SOLVER.AMP.ENABLED; bfloat16 autocast on the CPU",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions")
