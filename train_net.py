@@ -20,6 +20,7 @@ from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, verify_results
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from fcos_d2 import add_fcos_config
 from fcos_d2.coco_dataset import register_coco_datasets
@@ -59,27 +60,50 @@ class Trainer(DefaultTrainer):
         return build_detection_train_loader(cfg, mapper=CrowdAwareDatasetMapper(cfg, True))
 
 
-def build_config(config_file: str, opts: List[str]) -> CfgNode:
-    """Frozen config from the FCOS defaults, the file, and KEY VALUE pairs."""
+def merge_config(config_file: str, opts: List[str]) -> CfgNode:
+    """Config from the FCOS defaults, the file, and KEY VALUE pairs (not frozen)."""
     cfg = get_cfg()
     add_fcos_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(opts)
+    return cfg
+
+
+def fall_back_to_available_hardware(cfg: CfgNode) -> List[str]:
+    """Run on the CPU when no GPU is found, and in float32 there; says what it changed."""
+    changes = []
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         cfg.MODEL.DEVICE = "cpu"
-        logger.warning("No GPU found: running on the CPU (MODEL.DEVICE cpu)")
-    if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
+        changes.append("No GPU found: running on the CPU (MODEL.DEVICE cpu)")
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         # Detectron2's AMPTrainer autocasts on CUDA only (and asserts a GPU at step 1).
         cfg.SOLVER.AMP.ENABLED = False
-        logger.warning("SOLVER.AMP.ENABLED needs a CUDA device: training in float32 on the CPU")
+        changes.append(
+            f"SOLVER.AMP.ENABLED needs a CUDA device, MODEL.DEVICE is {cfg.MODEL.DEVICE}: "
+            "training in float32"
+        )
+    return changes
+
+
+def build_config(config_file: str, opts: List[str]) -> CfgNode:
+    """Frozen config from the FCOS defaults, the file, and KEY VALUE pairs, runnable here."""
+    cfg = merge_config(config_file, opts)
+    for change in fall_back_to_available_hardware(cfg):
+        logger.warning(change)
     cfg.freeze()
     return cfg
 
 
 def setup(args) -> CfgNode:
     """The config of a run, with Detectron2's logging and config dump in OUTPUT_DIR."""
-    cfg = build_config(args.config_file, args.opts)
+    cfg = merge_config(args.config_file, args.opts)
+    changes = fall_back_to_available_hardware(cfg)
+    cfg.freeze()
     default_setup(cfg, args)
+    # fcos_d2's messages, these first, go to OUTPUT_DIR/log.txt with Detectron2's.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="fcos_d2")
+    for change in changes:
+        logger.warning(change)
     return cfg
 
 

@@ -79,6 +79,7 @@ def test_model_numbers(results, name):
     losses = model["train_losses_last"]
     assert losses and all(math.isfinite(v) for v in losses.values())
     assert model["train_losses_finite"] is True
+    assert model["train_steps_skipped_by_grad_scaler"] == 0  # float32: no scaler
     # Score threshold 0: post-processing keeps the maximum number of detections.
     assert model["detections_per_image"] > 0
 
@@ -102,6 +103,13 @@ def test_report_has_the_tables(results):
         assert text in report
 
 
+def test_losses_finite_needs_losses_and_finite_values():
+    assert benchmark.losses_finite({"a": 1.0, "b": 0.0})
+    assert not benchmark.losses_finite({})
+    assert not benchmark.losses_finite({"a": 1.0, "b": math.nan})
+    assert not benchmark.losses_finite({"a": math.inf})
+
+
 def test_amp_runs_the_model_in_reduced_precision_with_finite_losses():
     args = benchmark.parse_args(TINY + ["--amp"])
     device = torch.device("cpu")
@@ -113,20 +121,32 @@ def test_amp_runs_the_model_in_reduced_precision_with_finite_losses():
     model.head.register_forward_hook(lambda m, i, out: head_dtypes.append(out[0][0].dtype))
     optimizer = benchmark.make_optimizer(model)
     clock = benchmark.StageClock(device)
+    # The GradScaler path (CUDA's, given a CPU scaler here): finite gradients, a step taken.
+    scaler = torch.amp.GradScaler("cpu")
     with EventStorage():
-        losses = benchmark.training_step(model, (inputs,), optimizer, amp=True)
+        losses, stepped = benchmark.training_step(model, (inputs,), optimizer, True, scaler)
         benchmark.staged_training_step(model, inputs, optimizer, clock, amp=True)
-        plain = benchmark.training_step(model, (inputs,), optimizer, amp=False)
+        plain, _ = benchmark.training_step(model, (inputs,), optimizer, amp=False)
+    assert stepped and scaler.get_scale() == 2.0**16
     assert head_dtypes == [torch.bfloat16, torch.bfloat16, torch.float32]
-    assert all(math.isfinite(v) for v in losses.values())
+    assert benchmark.losses_finite(losses)
     for name, value in losses.items():  # lr 0: same weights, so close to float32
         assert value == pytest.approx(plain[name], rel=0.05), name
 
 
+def test_backward_and_step_reports_a_step_the_scaler_skipped():
+    weight = nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    assert benchmark.backward_and_step((weight * 2).sum(), optimizer, scaler)
+    assert not benchmark.backward_and_step((weight * math.inf).sum(), optimizer, scaler)
+    assert scaler.get_scale() < 2.0**16
+
+
 def test_report_names_the_precision(results):
-    assert "float32" in benchmark.format_report(results)
+    assert "float32 throughout" in benchmark.format_report(results)
     amp_results = {**results, "settings": {**results["settings"], "amp": True}}
-    assert "mixed precision" in benchmark.format_report(amp_results)
+    assert "--amp: training in bfloat16 autocast" in benchmark.format_report(amp_results)
 
 
 class _Untraceable(nn.Module):

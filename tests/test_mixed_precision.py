@@ -98,10 +98,23 @@ def test_float16_autocast_inference_gives_finite_detections():
 
 def test_amp_without_a_gpu_falls_back_to_float32_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # setup_logger (train_net, demo) stops propagation, which caplog relies on.
+    monkeypatch.setattr(logging.getLogger("fcos_d2"), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="fcos_d2"):
         cfg = train_net.build_config(
             str(QUICK_CONFIG), ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda"]
         )
     assert cfg.MODEL.DEVICE == "cpu"
     assert not cfg.SOLVER.AMP.ENABLED
-    assert "SOLVER.AMP.ENABLED" in caplog.text
+    assert "SOLVER.AMP.ENABLED" in caplog.text and "No GPU found" in caplog.text
+
+
+def test_train_net_logs_the_fallback_to_the_run_log(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = train_net.argument_parser().parse_args(
+        ["--config-file", str(QUICK_CONFIG), "SOLVER.AMP.ENABLED", "True",
+         "OUTPUT_DIR", str(tmp_path)]
+    )
+    cfg = train_net.setup(args)
+    assert not cfg.SOLVER.AMP.ENABLED
+    assert "SOLVER.AMP.ENABLED needs a CUDA device" in (tmp_path / "log.txt").read_text()

@@ -454,14 +454,22 @@ BUILDERS: Dict[str, Callable[[argparse.Namespace, torch.device], Contender]] = {
 # ---------------------------------------------------------------------------------------
 
 
-# --amp: Detectron2's AMPTrainer autocasts to float16 on CUDA. CPU float16 convolution
-# backward has no fast kernel (minutes per step), so on the CPU --amp means bfloat16.
+# --amp, for training only, as SOLVER.AMP.ENABLED: Detectron2's AMPTrainer autocasts to
+# float16 on CUDA with a GradScaler. CPU float16 convolution backward has no fast kernel
+# (minutes per step), so on the CPU --amp means bfloat16 autocast, without a scaler.
 AMP_DTYPES = {"cuda": torch.float16, "cpu": torch.bfloat16}
 
 
-def autocast(device: torch.device, enabled: bool):
+def amp_autocast(device: torch.device, enabled: bool) -> torch.autocast:
     """The mixed-precision context of ``--amp`` (a no-op when not enabled)."""
     return torch.autocast(device.type, dtype=AMP_DTYPES[device.type], enabled=enabled)
+
+
+def amp_description(device_type: str) -> str:
+    """What ``--amp`` does on this device, for the report."""
+    if device_type.startswith("cuda"):
+        return "training in float16 autocast with a GradScaler (as SOLVER.AMP.ENABLED)"
+    return "training in bfloat16 autocast (CPU: no fast float16 backward)"
 
 
 def make_scaler(device: torch.device, amp: bool) -> Optional[torch.amp.GradScaler]:
@@ -476,16 +484,24 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
 
 def backward_and_step(
     total: Tensor, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler]
-) -> None:
-    """Backward, SGD step (through the scaler if any), zero_grad."""
+) -> bool:
+    """Backward, SGD step (through the scaler if any), zero_grad.
+
+    Returns:
+        False if the scaler skipped the SGD step (non-finite gradients), else True.
+    """
+    stepped = True
     if scaler is None:
         total.backward()
         optimizer.step()
     else:
+        scale = scaler.get_scale()
         scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
+        stepped = scaler.get_scale() >= scale  # the scale backs off only on a skipped step
     optimizer.zero_grad(set_to_none=True)
+    return stepped
 
 
 def training_step(
@@ -494,17 +510,18 @@ def training_step(
     optimizer: torch.optim.Optimizer,
     amp: bool = False,
     scaler: Optional[torch.amp.GradScaler] = None,
-) -> Dict[str, float]:
+) -> Tuple[Dict[str, float], bool]:
     """Forward (autocast if ``amp``), sum of losses, backward, SGD step, zero_grad.
 
     Returns:
-        The losses, as floats.
+        The losses, as floats, and whether the SGD step was taken (see
+        :func:`backward_and_step`).
     """
-    with autocast(next(model.parameters()).device, amp):
+    with amp_autocast(next(model.parameters()).device, amp):
         losses = model(*inputs)
         total = sum(losses.values())
-    backward_and_step(total, optimizer, scaler)
-    return {name: value.item() for name, value in losses.items()}
+    stepped = backward_and_step(total, optimizer, scaler)
+    return {name: value.item() for name, value in losses.items()}, stepped
 
 
 def measure_training(
@@ -514,29 +531,29 @@ def measure_training(
     warmup: int,
     reps: int,
     amp: bool = False,
-) -> Tuple[Measurement, Dict[str, float]]:
-    """Seconds per training iteration over the batch, and the losses of the last one."""
+) -> Tuple[Measurement, Dict[str, float], int]:
+    """Seconds per training iteration over the batch, the losses of the last one, and how
+    many of the steps (warm-up included) a float16 gradient scaler skipped."""
     model = contender.model.train()
     inputs = contender.to_inputs(samples, True)
     optimizer = make_optimizer(model)
     scaler = make_scaler(device, amp)
     last_losses: Dict[str, float] = {}
+    skipped_steps = 0
 
     def step() -> None:
-        last_losses.update(training_step(model, inputs, optimizer, amp, scaler))
+        nonlocal skipped_steps
+        losses, stepped = training_step(model, inputs, optimizer, amp, scaler)
+        last_losses.update(losses)
+        skipped_steps += not stepped
 
     with EventStorage():  # Detectron2's models log training scalars to it
         result = measure(step, device, warmup, reps, items_per_call=len(samples))
-    return result, last_losses
+    return result, last_losses, skipped_steps
 
 
 def measure_inference(
-    contender: Contender,
-    samples: Sequence[Sample],
-    device: torch.device,
-    warmup: int,
-    reps: int,
-    amp: bool = False,
+    contender: Contender, samples: Sequence[Sample], device: torch.device, warmup: int, reps: int
 ) -> Tuple[Measurement, float]:
     """Seconds per inference call over the batch, and the detections per image."""
     model = contender.model.eval()
@@ -544,12 +561,17 @@ def measure_inference(
     detections: List[int] = []
 
     def step() -> None:
-        with torch.no_grad(), autocast(device, amp):
+        with torch.no_grad():
             outputs = model(*inputs)
         detections[:] = [count_detections(output) for output in outputs]
 
     result = measure(step, device, warmup, reps, items_per_call=len(samples))
     return result, statistics.mean(detections)
+
+
+def losses_finite(losses: Dict[str, float]) -> bool:
+    """True if there are losses and every one is finite."""
+    return bool(losses) and all(math.isfinite(v) for v in losses.values())
 
 
 def count_detections(output: dict) -> int:
@@ -604,7 +626,7 @@ def staged_training_step(
     The pieces ``DenseDetector.forward`` and ``FCOS.forward_training`` are made of,
     called one by one.
     """
-    with autocast(model.device, amp):
+    with amp_autocast(model.device, amp):
         total = _staged_training_forward(model, inputs, clock)
     with clock("backward+SGD"):
         backward_and_step(total, optimizer, scaler)
@@ -630,15 +652,8 @@ def _staged_training_forward(model: nn.Module, inputs: List[dict], clock: StageC
 
 
 @torch.no_grad()
-def staged_inference(
-    model: nn.Module, inputs: List[dict], clock: StageClock, amp: bool = False
-) -> None:
+def staged_inference(model: nn.Module, inputs: List[dict], clock: StageClock) -> None:
     """One inference of fcos_d2 with each piece timed, as ``DenseDetector.forward`` does it."""
-    with autocast(model.device, amp):
-        _staged_inference(model, inputs, clock)
-
-
-def _staged_inference(model: nn.Module, inputs: List[dict], clock: StageClock) -> None:
     with clock("preprocess"):
         images = model.preprocess_image(inputs)
     with clock("backbone+FPN"):
@@ -694,8 +709,7 @@ def measure_breakdown(
     model.eval()
     infer_clock = StageClock(device)
     inference = run_stages(
-        lambda: staged_inference(model, infer_inputs, infer_clock, amp),
-        infer_clock, warmup, reps,
+        lambda: staged_inference(model, infer_inputs, infer_clock), infer_clock, warmup, reps
     )
     return {"training": training, "inference": inference}
 
@@ -751,15 +765,20 @@ def benchmark_model(
     contender = BUILDERS[name](args, device)
     print(f"[benchmark] {name}: inference ...", flush=True)
     inference, detections = measure_inference(
-        contender, infer_samples, device, args.warmup, args.reps, args.amp
+        contender, infer_samples, device, args.warmup, args.reps
     )
     print(f"[benchmark] {name}: training ...", flush=True)
-    training, losses = measure_training(
+    training, losses, skipped_steps = measure_training(
         contender, train_samples, device, args.warmup, args.reps, args.amp
     )
     print(f"[benchmark] {name}: FLOPs ...", flush=True)
     flops, flop_note = count_flops(contender.model, contender.to_inputs(infer_samples[:1], False))
     notes = list(contender.notes) + ([f"{name}: {flop_note}"] if flop_note else [])
+    if skipped_steps:
+        notes.append(
+            f"{name}: the gradient scaler skipped {skipped_steps} of {args.warmup + args.reps} "
+            "training steps (non-finite float16 gradients; a skipped step makes no SGD update)"
+        )
     result = {
         "description": contender.description,
         "parameters": count_parameters(contender.model),
@@ -767,7 +786,8 @@ def benchmark_model(
         "flops_input": [1, 3, args.height, args.width],
         "train": training.to_json(),
         "train_losses_last": losses,
-        "train_losses_finite": all(math.isfinite(v) for v in losses.values()),
+        "train_losses_finite": losses_finite(losses),
+        "train_steps_skipped_by_grad_scaler": skipped_steps,
         "infer": inference.to_json(),
         "infer_per_image": inference.per_item().to_json(),
         "detections_per_image": detections,
@@ -923,8 +943,10 @@ def models_table(results: dict) -> str:
             megabytes(model["infer"]["peak_mb"]),
         ])
     headers = [
-        "model", "params M (trainable)", "GFLOPs", "train s/iter [min, max]", "vs d2_fcos",
-        "vs d2_mask_rcnn", "losses finite", "train peak MB", "infer s/img [min, max]", "vs d2_fcos", "vs tv_fcos", "infer peak MB",
+        "model", "params M (trainable)", "GFLOPs",
+        "train s/iter [min, max]", "train vs d2_fcos", "train vs d2_mask_rcnn", "losses finite",
+        "train peak MB",
+        "infer s/img [min, max]", "infer vs d2_fcos", "infer vs tv_fcos", "infer peak MB",
     ]
     return tabulate(rows, headers=headers, tablefmt="github")
 
@@ -975,9 +997,8 @@ def format_report(results: dict) -> str:
         f"images {settings['height']}x{settings['width']}, train batch {settings['train_batch']}, "
         f"infer batch {settings['infer_batch']}, {settings['num_boxes']} boxes/image, "
         f"score thresh {settings['score_thresh']}, warmup {settings['warmup']}, "
-        f"reps {settings['reps']}, "
-        f"{'mixed precision (--amp)' if settings['amp'] else 'float32'} "
-        "(times: median [min, max])",
+        f"reps {settings['reps']} (times: median [min, max])",
+        "--amp: " + amp_description(env["device"]) if settings["amp"] else "float32 throughout",
         "",
         models_table(results),
     ]
@@ -1018,8 +1039,8 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--amp", action="store_true",
-        help="mixed precision for every model: float16 autocast and a GradScaler on CUDA, "
-        "as SOLVER.AMP.ENABLED; bfloat16 autocast on the CPU",
+        help="train every model in mixed precision: float16 autocast and a GradScaler on "
+        "CUDA, as SOLVER.AMP.ENABLED; bfloat16 autocast on the CPU. Inference stays float32.",
     )
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions")

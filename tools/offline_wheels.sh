@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Download the wheels fcos_d2 needs beside torch/torchvision, for a machine with no network
-# (a lent GPU machine, say) that already has torch, torchvision, numpy, matplotlib,
-# tensorboard, tabulate, tqdm, cloudpickle, portalocker and pillow.
+# (a GPU machine, say) that already has torch, torchvision, numpy, matplotlib, tensorboard,
+# tabulate, tqdm, cloudpickle, portalocker, pillow, pyyaml, packaging and
+# opencv-python-headless.
 #
-#   tools/offline_wheels.sh DIR [PYTHON_VERSION]     # here, with network; default 3.12
-#   pip install --no-index --no-deps --target /tmp/site DIR/*.whl   # there
+#   tools/offline_wheels.sh DIR [PYTHON_VERSION]     # on a machine with network; default 3.12
+# then, on the offline machine, from the repository root:
+#   pip install --no-index --no-deps --target /tmp/site DIR/*.whl
 #   PYTHONPATH=/tmp/site:. python3 tools/benchmark.py --device cuda
 #
 # Detectron2 comes from the sal-detectron2 wheel renamed to py3, as in install_detectron2.sh.
@@ -15,7 +17,9 @@ PYVER=${2:-3.12}
 PY=${PYTHON:-python3}
 mkdir -p "$DIR"
 
-pure=(hydra-core==1.3.8 omegaconf==2.3.1 yacs==0.1.8 termcolor==3.3.0 iopath==0.1.9)
+# setuptools < 81 still has pkg_resources, which detectron2.model_zoo imports.
+pure=(hydra-core==1.3.8 omegaconf==2.3.1 yacs==0.1.8 termcolor==3.3.0 iopath==0.1.9
+      setuptools==80.10.2)
 # Published as source only: built here (pure Python, so the wheel fits any version).
 source_only=(fvcore==0.1.5.post20221221 antlr4-python3-runtime==4.9.3)
 
