@@ -50,7 +50,7 @@ from detectron2 import model_zoo  # noqa: E402
 from detectron2.config import get_cfg, instantiate  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.modeling.postprocessing import detector_postprocess  # noqa: E402
-from detectron2.structures import Boxes, Instances, PolygonMasks  # noqa: E402
+from detectron2.structures import Boxes, ImageList, Instances, PolygonMasks  # noqa: E402
 from detectron2.utils.analysis import FlopCountAnalysis  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 from tabulate import tabulate  # noqa: E402
@@ -637,11 +637,7 @@ def _staged_training_forward(model: nn.Module, inputs: List[dict], clock: StageC
     with clock("preprocess"):
         images = model.preprocess_image(inputs)
         gt_instances = [x["instances"].to(model.device) for x in inputs]
-    with clock("backbone+FPN"):
-        features = model.backbone(images.tensor)
-        features = [features[f] for f in model.head_in_features]
-    with clock("head"):
-        predictions = model.head(features)
+    features, predictions = _staged_backbone_and_head(model, images, clock)
     with clock("flatten"):
         logits, box_dists, centerness = model.concat_predictions(predictions)
     with clock("target assignment"):
@@ -651,16 +647,24 @@ def _staged_training_forward(model: nn.Module, inputs: List[dict], clock: StageC
         return sum(losses.values())
 
 
-@torch.no_grad()
-def staged_inference(model: nn.Module, inputs: List[dict], clock: StageClock) -> None:
-    """One inference of fcos_d2 with each piece timed, as ``DenseDetector.forward`` does it."""
-    with clock("preprocess"):
-        images = model.preprocess_image(inputs)
+def _staged_backbone_and_head(
+    model: nn.Module, images: ImageList, clock: StageClock
+) -> Tuple[List[Tensor], Tuple[List[Tensor], List[Tensor], List[Tensor]]]:
+    """The head's input features and its predictions, the two stages timed."""
     with clock("backbone+FPN"):
         features = model.backbone(images.tensor)
         features = [features[f] for f in model.head_in_features]
     with clock("head"):
         predictions = model.head(features)
+    return features, predictions
+
+
+@torch.no_grad()
+def staged_inference(model: nn.Module, inputs: List[dict], clock: StageClock) -> None:
+    """One inference of fcos_d2 with each piece timed, as ``DenseDetector.forward`` does it."""
+    with clock("preprocess"):
+        images = model.preprocess_image(inputs)
+    features, predictions = _staged_backbone_and_head(model, images, clock)
     with clock("decoding+NMS"):
         results = model.forward_inference(images, features, predictions)
     with clock("postprocess"):
