@@ -1,5 +1,6 @@
 """The built-in shapes dataset: deterministic, sane, lazily registered, crash-safe."""
 
+import dataclasses
 import json
 import os
 
@@ -81,11 +82,11 @@ def test_interrupted_generation_leaves_nothing_accepted(tmp_path, monkeypatch):
     real_render = shapes._render_image
     calls = []
 
-    def render_then_fail(rng, size):
+    def render_then_fail(rng, size, style=shapes.NORMAL):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt("interrupted")
-        return real_render(rng, size)
+        return real_render(rng, size, style)
 
     monkeypatch.setattr(shapes, "_render_image", render_then_fail)
     with pytest.raises(KeyboardInterrupt):
@@ -100,13 +101,48 @@ def test_interrupted_generation_leaves_nothing_accepted(tmp_path, monkeypatch):
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp")]
 
 
+def ensure_and_count(counter_file, *args):
+    """ensure_shapes_split in a worker process, with each generation noted in a file."""
+    real_generate = shapes.generate_shapes_split
+
+    def counting_generate(*generate_args, **kwargs):
+        with open(counter_file, "a") as f:
+            f.write("generated\n")
+        return real_generate(*generate_args, **kwargs)
+
+    shapes.generate_shapes_split = counting_generate
+    return ensure_shapes_split(*args)
+
+
 def test_concurrent_processes_generate_once(tmp_path):
     import multiprocessing
 
+    counter = tmp_path / "generations.txt"
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
-        results = pool.starmap(ensure_shapes_split, [("both", 6, 64, 0, str(tmp_path))] * 2)
+        results = pool.starmap(ensure_and_count, [(str(counter), "both", 6, 64, 0, str(tmp_path))] * 2)
+    assert counter.read_text().count("generated") == 1  # one process generated, the other waited
     assert results[0] == results[1]
     json_path, image_dir = results[0]
     assert len(json.load(open(json_path))["images"]) == 6
     assert sorted(os.listdir(image_dir)) == [f"{i:06d}.png" for i in range(1, 7)]
+
+
+def test_command_line_defaults_reproduce_the_registered_splits(tmp_path):
+    """``--split val`` alone writes what ``shapes_val`` is generated with."""
+    builtin = shapes.BUILTIN_SPLITS["shapes_val"]
+    from_cli = shapes.main(["--split", builtin.split, "--output", str(tmp_path / "cli")])
+    registered = generate_shapes_split(str(tmp_path / "reg"), builtin.split, builtin.num_images,
+                                       seed=builtin.seed, progress=False)
+    assert json.load(open(from_cli)) == json.load(open(registered))
+    crowd = shapes.BUILTIN_SPLITS["shapes_crowd_val"]
+    crowd_cli = json.load(open(shapes.main(["--split", crowd.split, "--output", str(tmp_path / "cli")])))
+    assert crowd_cli["info"]["scene_style"] == dataclasses.asdict(shapes.CROWDED)
+    assert len(crowd_cli["images"]) == crowd.num_images
+
+
+def test_crowded_knob_from_the_command_line(tmp_path):
+    path = shapes.main(["--split", "knob", "--num-images", "3", "--image-size", "64",
+                        "--style", "crowded", "--max-objects", "2", "--output", str(tmp_path)])
+    style = json.load(open(path))["info"]["scene_style"]
+    assert style["max_objects"] == 2 and style["min_visible_fraction"] == shapes.CROWDED.min_visible_fraction

@@ -1,4 +1,5 @@
-"""Datasets built into fcos_d2. Importing registers ``shapes_train`` and ``shapes_val``."""
+"""Datasets built into fcos_d2. Importing registers ``shapes_train``, ``shapes_val``,
+``shapes_crowd_train`` and ``shapes_crowd_val`` (generated on first use)."""
 
 from .shapes import (
     SHAPES_CLASSES,

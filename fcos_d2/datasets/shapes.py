@@ -7,10 +7,12 @@ deterministic from the seed and crash-safe: files are written to a temporary
 directory and moved into place, the annotation file last, so an interrupted run
 leaves nothing that a later run accepts.
 
-    python -m fcos_d2.datasets.shapes --split train --num-images 2000 --output datasets/shapes
+    python -m fcos_d2.datasets.shapes --split crowd_val      # as the registered shapes_crowd_val
+    python -m fcos_d2.datasets.shapes --help                 # the scene knobs
 """
 
 import argparse
+import dataclasses
 import fcntl
 import json
 import logging
@@ -27,16 +29,61 @@ from tqdm import tqdm
 logger = logging.getLogger(__name__)
 
 SHAPES_CLASSES = ("circle", "square", "triangle", "star")
-BUILTIN_SPLITS = {
-    # name: (split, number of images, seed)
-    "shapes_train": ("train", 2000, 0),
-    "shapes_val": ("val", 200, 1),
-}
 IMAGE_SIZE = 128
-MAX_OBJECTS = 6
-MAX_BOX_IOU = 0.6  # a new object may not overlap an existing box more than this
-MIN_VISIBLE_FRACTION = 0.5  # nor hide more than half of an earlier object
 MIN_VISIBLE_PIXELS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneStyle:
+    """How objects are placed in an image: the generator's knobs.
+
+    Attributes:
+        max_objects: objects tried per image (1 to this many, uniformly).
+        max_box_iou: a new object is rejected if its box overlaps an earlier box more.
+        min_visible_fraction: a new object is rejected if it would leave less than this
+            fraction of an earlier object visible.
+        cluster_probability: chance that an object is centred near an earlier one (at
+            0.2-0.9 of that object's radius away) instead of anywhere in the image.
+        min_radius, max_radius: circumradius range, as fractions of the image size.
+    """
+
+    max_objects: int = 6
+    max_box_iou: float = 0.6
+    min_visible_fraction: float = 0.5
+    cluster_probability: float = 0.0
+    min_radius: float = 0.06
+    max_radius: float = 0.24
+
+
+NORMAL = SceneStyle()
+# Heavily overlapping scenes: up to 24 objects tried (about 6 fit), most placed against
+# an earlier one, boxes overlapping up to IoU 0.9, each object at least 30% visible.
+CROWDED = SceneStyle(
+    max_objects=24,
+    max_box_iou=0.9,
+    min_visible_fraction=0.3,
+    cluster_probability=0.85,
+    max_radius=0.2,
+)
+STYLES = {"normal": NORMAL, "crowded": CROWDED}
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinSplit:
+    """A registered split: its folder name, size, seed and scene style."""
+
+    split: str
+    num_images: int
+    seed: int
+    style: str = "normal"
+
+
+BUILTIN_SPLITS = {
+    "shapes_train": BuiltinSplit("train", 2000, 0),
+    "shapes_val": BuiltinSplit("val", 200, 1),
+    "shapes_crowd_train": BuiltinSplit("crowd_train", 2000, 2, "crowded"),
+    "shapes_crowd_val": BuiltinSplit("crowd_val", 300, 3, "crowded"),
+}
 
 
 def shapes_root() -> str:
@@ -78,17 +125,35 @@ def _visible_polygons(mask: np.ndarray) -> List[List[float]]:
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
-def _render_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[Dict]]:
+def _object_center(
+    rng: np.random.Generator, style: SceneStyle, size: int, radius: float, placed: List[Tuple]
+) -> np.ndarray:
+    """Where to put the next object: anywhere, or (clustered) close to a placed one."""
+    # Draw the cluster coin only when clustering is on, so normal scenes use the same
+    # random stream as before the knob existed (the registered splits stay unchanged).
+    if placed and style.cluster_probability > 0 and rng.uniform() < style.cluster_probability:
+        anchor_center, anchor_radius = placed[int(rng.integers(len(placed)))]
+        angle = rng.uniform(0, 2 * np.pi)
+        distance = rng.uniform(0.2, 0.9) * anchor_radius
+        center = anchor_center + distance * np.array([np.cos(angle), np.sin(angle)])
+        return np.clip(center, radius * 0.7, size - radius * 0.7)
+    return rng.uniform(radius * 0.7, size - radius * 0.7, 2)
+
+
+def _render_image(
+    rng: np.random.Generator, size: int, style: SceneStyle = NORMAL
+) -> Tuple[np.ndarray, List[Dict]]:
     """One image (H, W, 3) BGR and its annotations (without ids)."""
     background = rng.integers(0, 256, 3)
     image = np.clip(background + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     owner = np.full((size, size), -1, dtype=np.int32)  # which object each pixel shows
     objects: List[Tuple[int, np.ndarray]] = []  # (class, full mask area)
+    placed: List[Tuple[np.ndarray, float]] = []  # (centre, radius) of accepted objects
     boxes = np.zeros((0, 4))
-    for _ in range(int(rng.integers(1, MAX_OBJECTS + 1))):
+    for _ in range(int(rng.integers(1, style.max_objects + 1))):
         kind = int(rng.integers(len(SHAPES_CLASSES)))
-        radius = rng.uniform(0.06, 0.24) * size
-        center = rng.uniform(radius * 0.7, size - radius * 0.7, 2)
+        radius = rng.uniform(style.min_radius, style.max_radius) * size
+        center = _object_center(rng, style, size, radius, placed)
         outline = _outline(SHAPES_CLASSES[kind], center, radius, rng.uniform(0, 2 * np.pi))
         mask = np.zeros((size, size), np.uint8)
         cv2.fillPoly(mask, [np.round(outline).astype(np.int32)], 1)
@@ -97,16 +162,17 @@ def _render_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List
         if len(xs) < MIN_VISIBLE_PIXELS:
             continue
         box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], dtype=float)
-        if (_box_iou(box, boxes) > MAX_BOX_IOU).any():
+        if (_box_iou(box, boxes) > style.max_box_iou).any():
             continue
         new_owner = np.where(mask, len(objects), owner)
         if any(
-            (new_owner == i).sum() < MIN_VISIBLE_FRACTION * full_area
+            (new_owner == i).sum() < style.min_visible_fraction * full_area
             for i, (_, full_area) in enumerate(objects)
         ):
             continue
         owner = new_owner
         objects.append((kind, int(mask.sum())))
+        placed.append((center, radius))
         boxes = np.vstack([boxes, box])
         # Colour independent of the class, and far enough from the background.
         color = rng.integers(0, 256, 3)
@@ -149,10 +215,12 @@ def generate_shapes_split(
     image_size: int = IMAGE_SIZE,
     seed: int = 0,
     progress: bool = True,
+    style: SceneStyle = NORMAL,
 ) -> str:
     """Generate a split: PNGs in ``output_dir/<split>/`` and a COCO json in ``annotations/``.
 
     The json is moved into place last; its existence means the split is complete.
+    ``style`` sets how many objects there are and how much they may overlap.
 
     Returns:
         The path of the json.
@@ -166,14 +234,17 @@ def generate_shapes_split(
     rng = np.random.default_rng([seed, sum(map(ord, split))])
     images, annotations = [], []
     for image_id in tqdm(range(1, num_images + 1), desc=f"shapes/{split}", disable=not progress):
-        image, image_annotations = _render_image(rng, image_size)
+        image, image_annotations = _render_image(rng, image_size, style)
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(tmp_dir, "images", file_name), image)
         images.append({"id": image_id, "file_name": file_name, "height": image_size, "width": image_size})
         for annotation in image_annotations:
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, **annotation})
     coco = {
-        "info": {"description": f"fcos_d2 synthetic shapes, split {split}, seed {seed}"},
+        "info": {
+            "description": f"fcos_d2 synthetic shapes, split {split}, seed {seed}",
+            "scene_style": dataclasses.asdict(style),
+        },
         "images": images,
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": name} for i, name in enumerate(SHAPES_CLASSES)],
@@ -195,6 +266,7 @@ def ensure_shapes_split(
     image_size: int = IMAGE_SIZE,
     seed: int = 0,
     root: Optional[str] = None,
+    style: SceneStyle = NORMAL,
 ) -> Tuple[str, str]:
     """Generate a split unless its json exists. Returns (json path, image directory).
 
@@ -210,7 +282,7 @@ def ensure_shapes_split(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not os.path.isfile(json_path):
             logger.info("Generating the shapes dataset, split %s, in %s", split, root)
-            generate_shapes_split(root, split, num_images, image_size, seed)
+            generate_shapes_split(root, split, num_images, image_size, seed, style=style)
     return json_path, image_dir
 
 
@@ -221,6 +293,7 @@ def register_shapes_split(
     image_size: int = IMAGE_SIZE,
     seed: int = 0,
     root: Optional[str] = None,
+    style: SceneStyle = NORMAL,
 ) -> None:
     """Register a shapes split in Detectron2's catalogs; it is generated on first use."""
     if name in DatasetCatalog.list():
@@ -228,7 +301,7 @@ def register_shapes_split(
     json_path, image_dir = _paths(root or shapes_root(), split)
 
     def load() -> List[Dict]:
-        ensure_shapes_split(split, num_images, image_size, seed, root)
+        ensure_shapes_split(split, num_images, image_size, seed, root, style)
         return load_coco_json(json_path, image_dir, name)
 
     DatasetCatalog.register(name, load)
@@ -241,20 +314,51 @@ def register_shapes_split(
 
 
 def register_builtin_shapes() -> None:
-    """Register ``shapes_train`` and ``shapes_val`` (nothing is generated until used)."""
-    for name, (split, num_images, seed) in BUILTIN_SPLITS.items():
-        register_shapes_split(name, split, num_images, seed=seed)
+    """Register the ``BUILTIN_SPLITS`` (nothing is generated until used)."""
+    for name, builtin in BUILTIN_SPLITS.items():
+        register_shapes_split(
+            name, builtin.split, builtin.num_images, seed=builtin.seed, style=STYLES[builtin.style]
+        )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Generate a split of the shapes dataset.")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num-images", type=int, default=2000)
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", default=shapes_root())
-    args = parser.parse_args()
-    print(generate_shapes_split(args.output, args.split, args.num_images, args.image_size, args.seed))
+def argument_parser() -> argparse.ArgumentParser:
+    """The generator's command line; its defaults reproduce the registered splits."""
+    splits = {b.split: name for name, b in BUILTIN_SPLITS.items()}
+    parser = argparse.ArgumentParser(
+        description="Generate a split of the shapes dataset. With --split naming a registered "
+        f"split ({', '.join(f'{s} = {n}' for s, n in splits.items())}) and no other option, "
+        "the files are those the registered dataset is generated with. Every other option "
+        "overrides one of that split's settings.",
+    )
+    parser.add_argument("--split", default="train", help="folder name of the split")
+    parser.add_argument("--num-images", type=int, help="images (registered split: its size)")
+    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
+    parser.add_argument("--seed", type=int, help="random seed (registered split: its seed)")
+    parser.add_argument("--style", choices=sorted(STYLES), help="preset of the scene knobs below")
+    parser.add_argument("--output", default=shapes_root(), help="dataset root")
+    for field in dataclasses.fields(SceneStyle):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=field.type,
+            help=f"scene knob (normal {getattr(NORMAL, field.name)}, "
+            f"crowded {getattr(CROWDED, field.name)}); see SceneStyle",
+        )
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> str:
+    args = argument_parser().parse_args(argv)
+    builtin = next((b for b in BUILTIN_SPLITS.values() if b.split == args.split), None)
+    num_images = args.num_images or (builtin.num_images if builtin else 2000)
+    seed = args.seed if args.seed is not None else (builtin.seed if builtin else 0)
+    style = STYLES[args.style or (builtin.style if builtin else "normal")]
+    knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(SceneStyle)}
+    style = dataclasses.replace(style, **{k: v for k, v in knobs.items() if v is not None})
+    json_path = generate_shapes_split(
+        args.output, args.split, num_images, args.image_size, seed, style=style
+    )
+    print(json_path)
+    return json_path
 
 
 if __name__ == "__main__":
