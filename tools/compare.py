@@ -1,175 +1,158 @@
 #!/usr/bin/env python
-"""Train (or load) several detectors, evaluate them alike, and report side by side.
+"""Train FCOS and R-CNN baselines alike, evaluate them along the way, judge the claims.
 
-    python tools/compare.py --quick                       # FCOS vs Mask R-CNN on shapes, < 20 min on CPU
-    python tools/compare.py --config-file configs/shapes/FCOS_R_18_shapes_cpu.yaml \
-        --config-file configs/baselines/mask_rcnn_R_18_shapes_cpu.yaml --train \
-        --dataset shapes_val --output output/compare
-    python tools/compare.py --config-file A.yaml --config-file B.yaml --weights a.pth b.pth ...
-    python tools/compare.py --report-only --output output/compare RUN_DIR [RUN_DIR ...]
+    python tools/compare.py --quick          # FCOS vs Mask R-CNN, short schedule, ~12 min on 2 CPU cores
+    python tools/compare.py --full           # FCOS, Mask R-CNN, Faster R-CNN; 2 seeds; equal
+                                             # iterations and equal time; hours on CPU
+    python tools/compare.py --config-file A.yaml --config-file B.yaml --seeds 3 \
+        --datasets shapes_val shapes_crowd_val --budget-minutes 30 --output output/compare
+    python tools/compare.py --report-only --output output/compare_full
 
-Each model runs in its own process (so its peak memory is its own) and leaves a run
-directory with run.json and its COCO predictions; the report (report.md, plots,
-report.json with the claim verdicts) is computed from those files alone.
+Each training run happens in its own process (its own peak memory) and leaves a run
+directory with run.json and its COCO predictions at every evaluation; a run directory
+that already holds run.json is kept, so an interrupted comparison resumes where it was.
+The report (report.md, plots, report.json) is computed from those files alone.
 """
 
 import argparse
 import json
 import os
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from fcos_d2.comparison import runner
+from fcos_d2.comparison.report import write_report
 
-import torch  # noqa: E402
-from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.evaluation import COCOEvaluator, inference_on_dataset  # noqa: E402
-from torch import nn  # noqa: E402
-
-import train_net  # noqa: E402
-from fcos_d2.comparison.report import RUN_FILE, write_report  # noqa: E402
-
-# The claims are against Mask R-CNN; Faster R-CNN is left to full runs, since an R-CNN
-# iteration costs ~5x FCOS's on a 2-core CPU and --quick must stay under 20 minutes.
-QUICK_CONFIGS = [
-    "configs/shapes/FCOS_R_18_shapes_cpu.yaml",
-    "configs/baselines/mask_rcnn_R_18_shapes_cpu.yaml",
-]
-# A third of the shapes schedule, same shape: every model, same iterations.
-QUICK_OPTS = ["SOLVER.MAX_ITER", "500", "SOLVER.STEPS", "(375, 460)",
-              "SOLVER.WARMUP_ITERS", "50", "SOLVER.CHECKPOINT_PERIOD", "100000"]
-
-
-class TimedModel(nn.Module):
-    """Wraps a model and adds up the wall time of its forward calls."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.seconds = 0.0
-        self.calls = 0
-
-    def forward(self, inputs):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        outputs = self.model(inputs)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        self.seconds += time.perf_counter() - start
-        self.calls += len(inputs)
-        return outputs
-
-
-def _peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
-
-
-def _median_iteration_time(metrics_file: str):
-    with open(metrics_file) as f:
-        times = [json.loads(line).get("time") for line in f]
-    times = [t for t in times if t is not None]
-    return statistics.median(times) if times else None
-
-
-def run_one(config: str, run_dir: str, dataset: str, train: bool, weights: str, opts) -> dict:
-    """Train or load one model, evaluate it on ``dataset``, write ``run.json``."""
-    common = [*opts, "OUTPUT_DIR", run_dir]
-    cfg = train_net.build_config(config, [*common, "DATASETS.TEST", "()"])
-    train_s_per_iter = None
-    if train:
-        trainer = train_net.Trainer(cfg)
-        trainer.resume_or_load(resume=False)
-        trainer.train()
-        model = trainer.model
-        train_s_per_iter = _median_iteration_time(os.path.join(run_dir, "metrics.json"))
-    else:
-        model = train_net.Trainer.build_model(cfg)
-        DetectionCheckpointer(model).load(weights)
-    eval_cfg = train_net.build_config(config, [*common, "DATASETS.TEST", f"('{dataset}',)"])
-    timed = TimedModel(model)
-    results = inference_on_dataset(
-        timed,
-        train_net.Trainer.build_test_loader(eval_cfg, dataset),
-        COCOEvaluator(dataset, output_dir=run_dir),
-    )
-    run = {
-        "name": Path(config).stem,
-        "config": config,
-        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_s_per_iter": train_s_per_iter,
-        "infer_s_per_image": timed.seconds / max(timed.calls, 1),
-        "peak_memory_mb": _peak_memory_mb(),
-        "device": cfg.MODEL.DEVICE,
-        "detectron2_results": results,
-    }
-    with open(os.path.join(run_dir, RUN_FILE), "w") as f:
-        json.dump(run, f, indent=1)
-    return run
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+FCOS_CONFIG = str(CONFIGS / "shapes" / "FCOS_R_18_shapes_cpu.yaml")
+MASK_RCNN_CONFIG = str(CONFIGS / "baselines" / "mask_rcnn_R_18_shapes_cpu.yaml")
+FASTER_RCNN_CONFIG = str(CONFIGS / "baselines" / "faster_rcnn_R_18_shapes_cpu.yaml")
+# Normal and crowded scenes mixed for training; both kinds evaluated apart.
+TRAIN_DATASETS = '("shapes_train", "shapes_crowd_train")'
+VAL_DATASETS = ["shapes_val", "shapes_crowd_val"]
+# --quick: a fifth of the shapes schedule, same shape, one seed, no time-budget runs.
+QUICK_OPTS = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(225, 276)", "SOLVER.WARMUP_ITERS", "30"]
 
 
 def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config-file", action="append", default=[], metavar="FILE")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--train", action="store_true", help="train each model first")
-    mode.add_argument("--weights", nargs="+", help="one checkpoint per --config-file")
-    mode.add_argument("--report-only", action="store_true", help="report on existing run dirs")
-    parser.add_argument("--dataset", default="shapes_val")
-    parser.add_argument("--output", default="output/compare")
-    parser.add_argument("--quick", action="store_true",
-                        help="the shapes configs, trained for a third of their schedule")
-    parser.add_argument("--run-one", metavar="RUN_DIR", help=argparse.SUPPRESS)
-    parser.add_argument("rest", nargs=argparse.REMAINDER,
-                        help="config KEY VALUE pairs for every model (or RUN_DIRs with --report-only)")
+    mode.add_argument("--quick", action="store_true",
+                      help="FCOS and Mask R-CNN on shapes, 300 iterations, one seed, two evaluations, "
+                           "200 resamples, no time-budget runs: the same code, in minutes")
+    mode.add_argument("--full", action="store_true",
+                      help="FCOS, Mask R-CNN and Faster R-CNN on shapes, full schedule, and FCOS "
+                           "and Faster R-CNN again for as long as Mask R-CNN trained")
+    mode.add_argument("--report-only", action="store_true",
+                      help="only rebuild the report from the run directories under --output")
+    parser.add_argument("--config-file", action="append", default=[], metavar="FILE",
+                        help="a model to compare (repeat; the first FCOS and the first R-CNN "
+                             "are the ones the claims are judged on)")
+    parser.add_argument("--seeds", type=int, help="training runs per model (default 1; --full 2)")
+    parser.add_argument("--datasets", nargs="+", help=f"validation sets (default {VAL_DATASETS})")
+    parser.add_argument("--train-datasets", default=TRAIN_DATASETS,
+                        help=f"DATASETS.TRAIN for every model (default {TRAIN_DATASETS})")
+    parser.add_argument("--evaluations", type=int, default=6,
+                        help="points on each learning curve, the final one included")
+    parser.add_argument("--budget-minutes", type=float,
+                        help="also train every model for this long (schedule stretched to fit)")
+    parser.add_argument("--budget-from", metavar="CONFIG",
+                        help="the time budget is this model's measured training time "
+                             "(per seed); --full: the Mask R-CNN config")
+    parser.add_argument("--resamples", type=int, help="bootstrap resamples (default 1000; --quick 200)")
+    parser.add_argument("--output", help="default output/compare (--full: output/compare_full)")
+    parser.add_argument("--run-one", nargs=4, metavar=("CONFIG", "RUN_DIR", "SEED", "BUDGET_S"),
+                        help=argparse.SUPPRESS)
+    parser.add_argument("opts", nargs=argparse.REMAINDER,
+                        help="config KEY VALUE pairs for every model")
     return parser
 
 
-def main(argv=None) -> int:
+def run_directory(output: str, config: str, seed: int, budget: bool) -> str:
+    schedule = "time_budget" if budget else "iterations"
+    return os.path.join(output, "runs", f"{Path(config).stem}__{schedule}__seed{seed}")
+
+
+def run_in_subprocess(args, config: str, run_dir: str, seed: int, budget_seconds: Optional[float]) -> dict:
+    """Train and evaluate one model in its own process, unless its run.json exists."""
+    run_file = os.path.join(run_dir, runner.RUN_FILE)
+    if os.path.isfile(run_file):
+        print(f"Kept (already done): {run_dir}", flush=True)
+    else:
+        command = [sys.executable, os.path.abspath(__file__),
+                   "--run-one", config, run_dir, str(seed), str(budget_seconds or 0),
+                   "--datasets", *args.datasets, "--evaluations", str(args.evaluations),
+                   "--train-datasets", args.train_datasets, *args.opts]
+        print("Running:", " ".join(command), flush=True)
+        subprocess.run(command, check=True)
+    with open(run_file) as f:
+        return json.load(f)
+
+
+def plan_and_run(args, configs: List[str]) -> None:
+    """Train every model at its schedule and, with a budget, the others for that long.
+
+    The first two models (those the claims are judged on) go first, seed by seed, so
+    that an interrupted comparison has the runs that matter most; the rest follow.
+    """
+    budget_from = args.budget_from
+    for group in (configs[:2], configs[2:]):
+        for seed in range(args.seeds):
+            measured = {}
+            for config in [budget_from, *group] if budget_from else group:
+                measured[config] = run_in_subprocess(
+                    args, config, run_directory(args.output, config, seed, False), seed, None)
+            if not (budget_from or args.budget_minutes):
+                continue
+            budget = measured[budget_from]["train_seconds"] if budget_from else 60 * args.budget_minutes
+            for config in group:
+                if config != budget_from:  # its own schedule is the budget
+                    run_in_subprocess(args, config, run_directory(args.output, config, seed, True),
+                                      seed, budget)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
-    opts = (QUICK_OPTS if args.quick else []) + args.rest
+    args.datasets = args.datasets or list(VAL_DATASETS)
     if args.run_one:
-        weights = args.weights[0] if args.weights else None
-        run_one(args.config_file[0], args.run_one, args.dataset, not weights, weights, opts)
+        config, run_dir, seed, budget = args.run_one
+        runner.train_and_evaluate(
+            config, run_dir, args.datasets, ["DATASETS.TRAIN", args.train_datasets, *args.opts],
+            seed=int(seed), num_evaluations=args.evaluations,
+            budget_seconds=float(budget) or None)
         return 0
 
-    if args.report_only:
-        run_dirs = args.rest
-    else:
-        configs = args.config_file or (QUICK_CONFIGS if args.quick else [])
-        if len(configs) < 2:
-            raise SystemExit("compare.py needs two or more --config-file (or --quick)")
-        if args.weights and len(args.weights) != len(configs):
-            raise SystemExit(f"--weights needs one checkpoint per config: {len(configs)} configs, "
-                             f"{len(args.weights)} weights")
-        if not args.weights and not args.train and not args.quick:
-            raise SystemExit("say --train or --weights")
-        run_dirs = []
-        for i, config in enumerate(configs):
-            run_dir = os.path.join(args.output, Path(config).stem)
-            os.makedirs(run_dir, exist_ok=True)
-            command = [sys.executable, __file__, "--run-one", run_dir, "--config-file", config]
-            if args.weights:
-                command += ["--weights", args.weights[i]]
-            command += ["--dataset", args.dataset, *opts]
-            print("Running:", " ".join(command), flush=True)
-            subprocess.run(command, check=True, cwd=REPO)
-            run_dirs.append(run_dir)
+    configs = args.config_file
+    if args.quick:
+        configs = configs or [FCOS_CONFIG, MASK_RCNN_CONFIG]
+        args.opts = QUICK_OPTS + args.opts
+        args.evaluations = 2
+    if args.full:
+        configs = configs or [FCOS_CONFIG, MASK_RCNN_CONFIG, FASTER_RCNN_CONFIG]
+        args.budget_from = args.budget_from or MASK_RCNN_CONFIG
+    args.seeds = args.seeds or (2 if args.full else 1)
+    args.resamples = args.resamples or (200 if args.quick else 1000)
+    args.output = args.output or ("output/compare_full" if args.full else "output/compare")
+    if args.budget_from and args.budget_from not in configs:
+        raise SystemExit(f"--budget-from {args.budget_from} is not one of the --config-file models")
 
-    dataset_json = MetadataCatalog.get(args.dataset).json_file
-    summary = write_report(run_dirs, dataset_json, args.output)
-    print(open(os.path.join(args.output, "report.md")).read().split("## Curves")[0])
+    if not args.report_only:
+        if len(configs) < 2:
+            raise SystemExit("compare.py needs two or more --config-file (or --quick / --full)")
+        for config in configs:
+            if not os.path.isfile(config):
+                raise SystemExit(f"--config-file {config}: no such file")
+        plan_and_run(args, configs)
+
+    summary = write_report(os.path.join(args.output, "runs"), args.output,
+                           num_resamples=args.resamples, command=" ".join(sys.argv))
     for verdict in summary["verdicts"]:
-        print(f"- {verdict['claim']}: {verdict['verdict']} ({verdict['evidence']})")
+        print(f"- [{verdict['dataset']}, {verdict['budget']}] {verdict['claim']}: "
+              f"{verdict['verdict']} ({verdict['evidence']})")
     print(f"Report: {os.path.join(args.output, 'report.md')}")
     return 0
 

@@ -15,6 +15,8 @@ from pycocotools.cocoeval import COCOeval
 
 # Overlap bins by a ground-truth box's largest IoU with another box of its image.
 OVERLAP_BINS = (("no overlap", 0.0, 0.0), ("IoU (0, 0.3]", 0.0, 0.3), ("IoU > 0.3", 0.3, 1.0))
+# The groups the comparison reports: the bins, and the most overlapped boxes alone.
+OVERLAP_GROUPS = OVERLAP_BINS + (("IoU > 0.5", 0.5, 1.0),)
 RECALL_IOU_THRESHOLDS = np.round(np.arange(0.1, 0.951, 0.05), 2)
 RECALL_MAX_DETS = (1, 2, 5, 10, 20, 50, 100)
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100")
@@ -125,6 +127,29 @@ def max_overlap_per_annotation(dataset: dict) -> Dict[int, float]:
         for annotation, row in zip(annotations, iou):
             overlaps[annotation["id"]] = float(row.max()) if len(row) else 0.0
     return overlaps
+
+
+def in_overlap_group(max_iou: float, low: float, high: float) -> bool:
+    """Whether a box with this largest IoU belongs to the group (low, high] ({0} if high is 0)."""
+    return max_iou == 0.0 if high == 0.0 else low < max_iou <= high
+
+
+def overlap_group_datasets(dataset: dict) -> Dict[str, dict]:
+    """For each of ``OVERLAP_GROUPS``: the dataset with every other box marked crowd.
+
+    Detections of a crowd box are neither true nor false positives, so each group's
+    recall counts its own boxes, and its AP is not charged for finding the others.
+    """
+    overlaps = max_overlap_per_annotation(dataset)
+    groups = {}
+    for name, low, high in OVERLAP_GROUPS:
+        masked = copy.deepcopy(dataset)
+        for annotation in masked["annotations"]:
+            member = annotation["id"] in overlaps and in_overlap_group(overlaps[annotation["id"]], low, high)
+            if not member:
+                annotation["iscrowd"] = 1
+        groups[name] = masked
+    return groups
 
 
 def overlap_bin_of(max_iou: float) -> str:

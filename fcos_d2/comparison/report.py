@@ -1,175 +1,339 @@
-"""report.md and plots from the saved runs of several models on one dataset.
+"""report.md, plots and report.json from the run directories of a comparison.
 
-A run directory holds ``run.json`` (name, meta-architecture, parameters, timings,
-memory) and ``coco_instances_results.json`` (the predictions Detectron2's
-COCOEvaluator saved). Everything here is computed from those files.
+Every run directory holds ``run.json`` (see ``runner.train_and_evaluate``) and the COCO
+predictions of each evaluation. Runs of the same model and schedule are the seeds of
+one series; every number is computed from those files, with intervals as described in
+``statistics``.
 """
 
+import glob
 import json
 import os
-from typing import Dict, List, Optional
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from . import analysis  # noqa: E402
-from .verdicts import judge_claims  # noqa: E402
+from . import analysis, bootstrap  # noqa: E402
+from .runner import RUN_FILE  # noqa: E402
+from .statistics import (  # noqa: E402
+    ALL,
+    Estimate,
+    Series,
+    evaluate_series,
+    group_datasets,
+    metric_estimate,
+    pool_seeds,
+)
+from .verdicts import CROWDED, CLEAR, judge_claims  # noqa: E402
 
-RUN_FILE = "run.json"
-PREDICTIONS_FILE = "coco_instances_results.json"
-
-
-def load_run(run_dir: str) -> dict:
-    """A run's ``run.json`` with its predictions attached."""
-    with open(os.path.join(run_dir, RUN_FILE)) as f:
-        run = json.load(f)
-    with open(os.path.join(run_dir, PREDICTIONS_FILE)) as f:
-        run["predictions"] = json.load(f)
-    return run
-
-
-def analyse_run(run: dict, dataset: dict) -> dict:
-    """All metrics of one run against the ground truth ``dataset`` (a COCO dict)."""
-    gt = analysis.coco_from_dict(dataset)
-    predictions = run["predictions"]
-    boxes_only = [{k: v for k, v in p.items() if k != "segmentation"} for p in predictions]
-    result = {key: run.get(key) for key in ("name", "meta_architecture", "parameters",
-                                            "train_s_per_iter", "infer_s_per_image", "peak_memory_mb")}
-    result["bbox"] = analysis.summary_metrics(gt, boxes_only)
-    if any("segmentation" in p for p in predictions):
-        result["segm"] = analysis.summary_metrics(gt, predictions, iou_type="segm")
-    result["pr"] = analysis.precision_recall_curves(gt, boxes_only)
-    result["recall_vs_iou"] = analysis.recall_vs_iou(gt, boxes_only)
-    result["recall_vs_dets"] = analysis.recall_vs_detections(gt, boxes_only)
-    result["overlap"] = analysis.overlap_split_metrics(dataset, boxes_only)
-    return result
+ITERATIONS, TIME_BUDGET = "iterations", "time budget"
+METRIC_COLUMNS = (("AP", "box AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("AR1", "AR@1"),
+                  ("AR10", "AR@10"), ("AR100", "AR@100"), ("R50", "recall@0.5"),
+                  ("R75", "recall@0.75"))
+GROUP_METRICS = (("AP", "AP"), ("R50", "recall@0.5"), ("R75", "recall@0.75"))
 
 
-def _pick(results: List[dict], meta_architecture: str, prefer_masks: bool = False) -> Optional[dict]:
-    candidates = [r for r in results if r["meta_architecture"] == meta_architecture]
-    if prefer_masks:
-        candidates.sort(key=lambda r: "segm" not in r)
-    return candidates[0] if candidates else None
+def load_runs(runs_root: str) -> List[dict]:
+    """Every ``run.json`` under ``runs_root`` (one level down), with its directory."""
+    runs = []
+    for path in sorted(glob.glob(os.path.join(runs_root, "*", RUN_FILE))):
+        with open(path) as f:
+            run = json.load(f)
+        run["run_dir"] = os.path.dirname(path)
+        runs.append(run)
+    return runs
 
 
-def _plot_curves(results, key_fn, title, xlabel, ylabel, path, log_x=False):
-    fig, axes = plt.subplots(1, len(key_fn), figsize=(5.5 * len(key_fn), 4.2), squeeze=False)
-    for ax, (subtitle, getter) in zip(axes[0], key_fn.items()):
-        for result in results:
-            x, y = getter(result)
-            ax.plot(x, 100 * y, marker="" if len(x) > 30 else "o", label=result["name"])
-        ax.set_title(subtitle)
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
-        if log_x:
-            ax.set_xscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def group_series(runs: List[dict]) -> List[Series]:
+    """Runs of one model and schedule, seeds in order, as one Series each."""
+    grouped = defaultdict(list)
+    for run in runs:
+        grouped[(run["name"], run["schedule"])].append(run)
+    return [
+        Series(name, runs[0]["meta_architecture"], schedule, sorted(runs, key=lambda r: r["seed"]))
+        for (name, schedule), runs in sorted(grouped.items(), key=lambda kv: (kv[0][1] != ITERATIONS, kv[0][0]))
+    ]
 
 
-def _plot_overlap(results, path):
-    bins = [name for name, _, _ in analysis.OVERLAP_BINS]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    width = 0.8 / max(len(results), 1)
-    for i, result in enumerate(results):
-        for ax, metric in zip(axes, ("AP", "recall50")):
-            values = [result["overlap"][b][metric] for b in bins]
-            ax.bar([j + i * width for j in range(len(bins))], values, width, label=result["name"])
-    counts = [results[0]["overlap"][b]["num_gt"] for b in bins] if results else [0] * len(bins)
-    for ax, metric in zip(axes, ("box AP", "recall at IoU 0.5")):
-        ax.set_xticks([j + width * (len(results) - 1) / 2 for j in range(len(bins))])
-        ax.set_xticklabels([f"{b}\n({n} boxes)" for b, n in zip(bins, counts)])
-        ax.set_ylabel(metric)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("By a box's largest IoU with another box of its image")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def _predictions(run: dict, point: dict, dataset: str, boxes_only: bool = True) -> List[dict]:
+    with open(os.path.join(run["run_dir"], point["datasets"][dataset]["predictions"])) as f:
+        predictions = json.load(f)
+    if boxes_only:
+        return [{k: v for k, v in p.items() if k != "segmentation"} for p in predictions]
+    return predictions
 
 
-def _fmt(value, digits=3):
-    return "–" if value is None else f"{value:.{digits}f}"
+def _ground_truth_file(runs: List[dict], dataset: str) -> str:
+    for run in runs:
+        path = run.get("ground_truth", {}).get(dataset)
+        if path:
+            return path
+    return MetadataCatalog.get(dataset).json_file
 
 
-def _summary_table(results: List[dict]) -> str:
-    headers = ["model", "box AP", "AP50", "AP75", "APs", "APm", "APl", "AR@1", "AR@10", "AR@100",
-               "mask AP", "train s/iter", "infer s/img", "peak mem (MB)", "params (M)"]
+class DatasetResults:
+    """All series evaluated on one validation set."""
+
+    def __init__(self, dataset: str, series_runs: List[Series], num_resamples: int, seed: int):
+        self.dataset = dataset
+        with open(_ground_truth_file([r for s in series_runs for r in s.runs], dataset)) as f:
+            self.ground_truth = json.load(f)
+        groups = group_datasets(self.ground_truth)
+        coco = {name: analysis.coco_from_dict(d) for name, d in groups.items()}
+        self.group_sizes = {name: sum(not a.get("iscrowd", 0) for a in d["annotations"])
+                            for name, d in groups.items()}
+        self.num_images = len(self.ground_truth["images"])
+        self.image_weights = bootstrap.image_weights(self.num_images, num_resamples, seed)
+        self.series: List[Series] = []
+        self.mask_ap: Dict[str, Estimate] = {}
+        for index, template in enumerate(series_runs):
+            series = Series(template.name, template.meta_architecture, template.schedule, template.runs)
+            draws = bootstrap.seed_draws(len(series.runs), num_resamples, seed + 1 + index)
+            evaluate_series(
+                series,
+                [_predictions(r, r["curve"][-1], dataset) for r in series.runs],
+                [[(p["train_seconds"], _predictions(r, p, dataset)) for p in r["curve"]]
+                 for r in series.runs],
+                coco, self.image_weights, draws,
+            )
+            self.series.append(series)
+            if all("segm" in r["curve"][-1]["datasets"][dataset] for r in series.runs):
+                self.mask_ap[series.label] = self._mask_ap(series, coco[ALL], draws)
+
+    def _mask_ap(self, series: Series, gt, draws: np.ndarray) -> Estimate:
+        tables = [bootstrap.MatchTable(gt, _predictions(r, r["curve"][-1], self.dataset, False), "segm")
+                  for r in series.runs]
+        per_seed = [t.metrics()["AP"] for t in tables]
+        values = np.array([[t.metrics(w)["AP"] for w in self.image_weights] for t in tables])
+        return Estimate.of(float(np.mean(per_seed)), pool_seeds(values, draws), per_seed)
+
+    def find(self, meta_architecture: str, schedule: str, with_masks: Optional[bool] = None) -> Optional[Series]:
+        for series in self.series:
+            if series.meta_architecture != meta_architecture or series.schedule != schedule:
+                continue
+            if with_masks is not None and (series.label in self.mask_ap) != with_masks:
+                continue
+            return series
+        return None
+
+
+def pairings(results: DatasetResults) -> List[Tuple[str, Series, Series]]:
+    """(budget, FCOS, baseline): at equal iterations, and at the baseline's training time.
+
+    The baseline is Mask R-CNN (the R-CNN with masks) when there is one; Faster R-CNN
+    pairs follow.
+    """
+    pairs = []
+    for with_masks in (True, False):
+        baseline = results.find("GeneralizedRCNN", ITERATIONS, with_masks)
+        if baseline is None:
+            continue
+        for budget, fcos_schedule in (("equal iterations", ITERATIONS), ("equal time", TIME_BUDGET)):
+            fcos = results.find("FCOS", fcos_schedule)
+            if fcos is not None:
+                pairs.append((budget, fcos, baseline))
+    return pairs
+
+
+def _run_column(series: Series, key: str, digits: int, scale: float = 1.0) -> str:
+    values = [r[key] * scale for r in series.runs if r.get(key) is not None]
+    if not values:
+        return "–"
+    text = f"{np.mean(values):.{digits}f}"
+    return text + (f" ±{np.std(values, ddof=1):.{digits}f}" if len(values) > 1 else "")
+
+
+def metrics_table(results: DatasetResults) -> str:
+    headers = ["model (schedule)", "seeds", "iterations", "train min", "train s/iter",
+               *(title for _, title in METRIC_COLUMNS), "mask AP", "infer s/img", "peak MB"]
     rows = []
-    for r in results:
-        b = r["bbox"]
-        rows.append([r["name"], *(f"{b[k]:.1f}" for k in analysis.SUMMARY_KEYS),
-                     f"{r['segm']['AP']:.1f}" if "segm" in r else "–",
-                     _fmt(r["train_s_per_iter"]), _fmt(r["infer_s_per_image"], 4),
-                     _fmt(r["peak_memory_mb"], 0),
-                     _fmt(r["parameters"] / 1e6 if r["parameters"] else None, 2)])
+    for s in results.series:
+        infer = [r["infer_s_per_image"].get(results.dataset) for r in s.runs]
+        rows.append([
+            s.label, len(s.runs), _run_column(s, "max_iter", 0), _run_column(s, "train_seconds", 1, 1 / 60),
+            _run_column(s, "train_s_per_iter", 3),
+            *(metric_estimate(s, ALL, m).text() for m, _ in METRIC_COLUMNS),
+            results.mask_ap[s.label].text() if s.label in results.mask_ap else "–",
+            f"{np.mean(infer):.4f}", _run_column(s, "peak_memory_mb", 0),
+        ])
     return tabulate(rows, headers=headers, tablefmt="pipe")
 
 
-def _overlap_table(results: List[dict]) -> str:
-    bins = [name for name, _, _ in analysis.OVERLAP_BINS]
-    headers = ["model", *(f"AP / recall@0.5, {b}" for b in bins)]
-    rows = [[r["name"], *(f"{r['overlap'][b]['AP']:.1f} / {r['overlap'][b]['recall50']:.1f}" for b in bins)]
-            for r in results]
-    counts = ", ".join(f"{b}: {results[0]['overlap'][b]['num_gt']}" for b in bins) if results else ""
-    return tabulate(rows, headers=headers, tablefmt="pipe") + f"\n\nGround-truth boxes per bin: {counts}."
+def overlap_tables(results: DatasetResults) -> str:
+    """One table per metric: a row per series, a column per overlap group."""
+    groups = [name for name, _, _ in analysis.OVERLAP_GROUPS]
+    headers = ["model (schedule)", *(f"{g} ({results.group_sizes[g]} boxes)" for g in groups)]
+    tables = []
+    for metric, title in GROUP_METRICS:
+        rows = [[s.label, *(metric_estimate(s, g, metric).text() for g in groups)] for s in results.series]
+        tables += [f"**{title}**", "", tabulate(rows, headers=headers, tablefmt="pipe"), ""]
+    return "\n".join(tables)
 
 
-def write_report(run_dirs: List[str], dataset_json: str, output_dir: str, title: str = "") -> Dict:
-    """Analyse the runs, write ``report.md``, the plots and ``report.json``; return the results."""
+def plot_learning_curves(all_results: List[DatasetResults], path: str) -> None:
+    fig, axes = plt.subplots(1, len(all_results), figsize=(6.2 * len(all_results), 4.4), squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, results in zip(axes[0], all_results):
+        for i, series in enumerate(results.series):
+            style = "-" if series.schedule == ITERATIONS else "--"
+            for j, (seconds, ap) in enumerate(series.curve_ap):
+                ax.plot(np.r_[0, seconds] / 60, np.r_[0, ap[:, 0]], style, marker="o", markersize=3,
+                        color=colors[i % len(colors)], label=series.label if j == 0 else None)
+        ax.set_title(f"{results.dataset}: box AP against training time")
+        ax.set_xlabel("training time (min, evaluations excluded)")
+        ax.set_ylabel("box AP")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_overlap(all_results: List[DatasetResults], path: str) -> None:
+    groups = [name for name, _, _ in analysis.OVERLAP_GROUPS]
+    fig, axes = plt.subplots(1, len(all_results), figsize=(6.2 * len(all_results), 4.4), squeeze=False)
+    for ax, results in zip(axes[0], all_results):
+        width = 0.8 / max(len(results.series), 1)
+        for i, series in enumerate(results.series):
+            estimates = [metric_estimate(series, g, "R50") for g in groups]
+            values = np.array([e.value for e in estimates])
+            errors = np.array([[e.value - e.low for e in estimates], [e.high - e.value for e in estimates]])
+            ax.bar(np.arange(len(groups)) + i * width, values, width, yerr=errors, capsize=2,
+                   label=series.label)
+        ax.set_xticks(np.arange(len(groups)) + width * (len(results.series) - 1) / 2)
+        ax.set_xticklabels([f"{g}\n({results.group_sizes[g]} boxes)" for g in groups], fontsize=8)
+        ax.set_ylabel("recall at IoU 0.5 (95% interval)")
+        ax.set_ylim(0, 130)
+        ax.set_yticks(range(0, 101, 20))
+        ax.set_title(f"{results.dataset}: recall by overlap")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_recall_vs_iou(all_results: List[DatasetResults], path: str) -> None:
+    """Recall against the IoU threshold, from each series' first seed."""
+    fig, axes = plt.subplots(1, len(all_results), figsize=(6.2 * len(all_results), 4.0), squeeze=False)
+    for ax, results in zip(axes[0], all_results):
+        gt = analysis.coco_from_dict(results.ground_truth)
+        for series in results.series:
+            run = series.runs[0]
+            x, y = analysis.recall_vs_iou(gt, _predictions(run, run["curve"][-1], results.dataset))
+            ax.plot(x, 100 * y, marker="o", markersize=3, label=series.label)
+        ax.set_title(f"{results.dataset}: recall against IoU threshold (seed {series.runs[0]['seed']})")
+        ax.set_xlabel("IoU threshold")
+        ax.set_ylabel("recall, 100 detections per image")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _verdict_record(dataset: str, budget: str, fcos: Series, baseline: Series, verdict) -> dict:
+    d = verdict.difference
+    return {
+        "dataset": dataset, "budget": budget, "fcos": fcos.label, "baseline": baseline.label,
+        "claim": verdict.claim, "verdict": verdict.verdict, "margin": verdict.margin,
+        "difference": None if d is None else [d.value, d.low, d.high],
+        "evidence": verdict.evidence,
+    }
+
+
+def _difference_text(record: dict) -> str:
+    if record["difference"] is None:
+        return "–"
+    value, low, high = record["difference"]
+    if record["claim"].startswith("Training"):
+        return f"{100 * value:+.0f}% [{100 * low:+.0f}%, {100 * high:+.0f}%] (margin {100 * record['margin']:.0f}%)"
+    return f"{value:+.1f} [{low:+.1f}, {high:+.1f}] (margin {record['margin']:.0f})"
+
+
+def verdict_table(records: List[dict]) -> str:
+    if not records:
+        return "No FCOS / R-CNN pair to judge."
+    rows = [[r["budget"], r["claim"], f"**{r['verdict']}**", _difference_text(r), r["evidence"]]
+            for r in records]
+    return tabulate(rows, headers=["budget", "claim", "verdict", "difference (favouring the claim) [95%]",
+                                   "evidence"], tablefmt="pipe")
+
+
+def write_report(runs_root: str, output_dir: str, num_resamples: int = 1000, seed: int = 0,
+                 command: str = "") -> Dict:
+    """Analyse every run under ``runs_root``; write report.md, plots and report.json there."""
     os.makedirs(output_dir, exist_ok=True)
-    with open(dataset_json) as f:
-        dataset = json.load(f)
-    results = [analyse_run(load_run(d), dataset) for d in run_dirs]
+    runs = load_runs(runs_root)
+    if not runs:
+        raise FileNotFoundError(f"no {RUN_FILE} under {runs_root}/*/: nothing to report")
+    series = group_series(runs)
+    datasets = list(runs[0]["curve"][-1]["datasets"])
+    all_results = [DatasetResults(d, series, num_resamples, seed) for d in datasets]
 
-    _plot_curves(results, {f"IoU {iou}": (lambda r, iou=iou: r["pr"][iou]) for iou in (0.5, 0.75)},
-                 "Precision-recall (class-averaged)", "recall", "precision (%)",
-                 os.path.join(output_dir, "pr_curves.png"))
-    _plot_curves(results, {"100 detections per image": lambda r: r["recall_vs_iou"]},
-                 "Recall against IoU threshold", "IoU threshold", "recall (%)",
-                 os.path.join(output_dir, "recall_vs_iou.png"))
-    _plot_curves(results, {"IoU 0.5": lambda r: r["recall_vs_dets"]},
-                 "Recall against detections per image", "detections per image", "recall (%)",
-                 os.path.join(output_dir, "recall_vs_detections.png"), log_x=True)
-    _plot_overlap(results, os.path.join(output_dir, "overlap.png"))
+    plot_learning_curves(all_results, os.path.join(output_dir, "ap_vs_time.png"))
+    plot_overlap(all_results, os.path.join(output_dir, "recall_by_overlap.png"))
+    plot_recall_vs_iou(all_results, os.path.join(output_dir, "recall_vs_iou.png"))
 
-    fcos = _pick(results, "FCOS")
-    baseline = _pick(results, "GeneralizedRCNN", prefer_masks=True)
-    verdicts = judge_claims(fcos, baseline) if fcos and baseline else []
+    records = []
+    for results in all_results:
+        for budget, fcos, baseline in pairings(results):
+            verdicts = judge_claims(fcos, baseline, results.group_sizes[CROWDED], results.group_sizes[CLEAR])
+            records += [_verdict_record(results.dataset, budget, fcos, baseline, v) for v in verdicts]
 
-    lines = [f"# {title or 'FCOS against R-CNN baselines'}", "",
-             f"Ground truth: `{dataset_json}` ({len(dataset['images'])} images, "
-             f"{len(dataset['annotations'])} boxes). All metrics from pycocotools' COCOeval.", "",
-             "## Metrics", "", _summary_table(results), "",
-             "## Overlapping objects", "",
-             "A box's overlap is its largest IoU with another ground-truth box of its image. "
-             "In each bin the other boxes count as crowd (detections of them are ignored).", "",
-             _overlap_table(results), "",
-             "![overlap](overlap.png)", "", "## Curves", "",
-             "![pr](pr_curves.png)", "", "![recall vs IoU](recall_vs_iou.png)", "",
-             "![recall vs detections](recall_vs_detections.png)", "", "## The claims", ""]
-    if verdicts:
-        lines += [f"FCOS (`{fcos['name']}`) against `{baseline['name']}`; verdicts follow from the "
-                  "numbers by the rules in `fcos_d2/comparison/verdicts.py`.", "",
-                  tabulate([[v.claim, v.verdict, v.evidence] for v in verdicts],
-                           headers=["claim", "verdict", "evidence"], tablefmt="pipe")]
-    else:
-        lines.append("No verdicts: the comparison needs one FCOS model and one R-CNN model.")
+    lines = [
+        "# FCOS against R-CNN baselines: do the claims hold?", "",
+        f"Command: `{command}`" if command else "", "",
+        f"Runs: {len(runs)} ({', '.join(f'{s.label}: {len(s.runs)} seed(s)' for s in series)}). "
+        f"Every number is computed with pycocotools' matching from the saved predictions. "
+        f"Intervals are 95% bootstrap percentile intervals ({num_resamples} resamples, seed {seed}) "
+        "over validation images and, where a model has several seeds, over its seeds "
+        "(`fcos_d2/comparison/statistics.py` says how the two are pooled); `±` is the standard "
+        "deviation across seeds. Training time excludes the evaluations along the way.", "",
+        "![AP against training time](ap_vs_time.png)", "",
+    ]
+    for results in all_results:
+        lines += [
+            f"## {results.dataset} ({results.num_images} images, {results.group_sizes[ALL]} boxes)", "",
+            "### Verdicts", "",
+            verdict_table([r for r in records if r["dataset"] == results.dataset]),
+            "", "### Metrics", "", metrics_table(results), "",
+            "### By overlap", "",
+            "A box's overlap is its largest IoU with another box of its image; in each group the "
+            "other boxes count as crowd (detections of them are ignored). Boxes per group in "
+            "parentheses.", "", overlap_tables(results),
+        ]
+    lines += ["## Plots", "", "![recall by overlap](recall_by_overlap.png)", "",
+              "![recall against IoU](recall_vs_iou.png)", "",
+              "## How the verdicts are reached", "",
+              "See `fcos_d2/comparison/verdicts.py`: a claim is *supported* only when the whole "
+              "interval of its difference lies beyond the margin in its favour, *not supported* "
+              "only when it lies wholly beyond the margin against it, and *inconclusive* otherwise."]
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
     summary = {
-        "models": [{k: v for k, v in r.items() if k in ("name", "meta_architecture", "parameters",
-                    "train_s_per_iter", "infer_s_per_image", "peak_memory_mb", "bbox", "segm", "overlap")}
-                   for r in results],
-        "verdicts": [v.__dict__ for v in verdicts],
+        "num_resamples": num_resamples,
+        "datasets": {
+            r.dataset: {
+                s.label: {
+                    "runs": [os.path.basename(run["run_dir"]) for run in s.runs],
+                    "train_seconds": [run["train_seconds"] for run in s.runs],
+                    "metrics": {g: {m: metric_estimate(s, g, m).__dict__ for m in bootstrap.METRICS}
+                                for g in s.point},
+                }
+                for s in r.series
+            }
+            for r in all_results
+        },
+        "verdicts": records,
     }
     with open(os.path.join(output_dir, "report.json"), "w") as f:
         json.dump(summary, f, indent=1)

@@ -1,0 +1,230 @@
+"""Train one model with evaluations along the way, and write what the report reads.
+
+A run directory holds ``run.json`` (timings, memory, the learning curve) and, for every
+evaluation, Detectron2's ``coco_instances_results.json`` per validation set. The clock
+that the learning curve uses counts training only: time spent evaluating is taken out.
+"""
+
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import MetadataCatalog
+from detectron2.engine import HookBase
+from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.utils.env import seed_all_rng
+from torch import nn
+
+from ..config import setup_cfg
+from ..engine import Trainer
+
+RUN_FILE = "run.json"
+PREDICTIONS_FILE = "coco_instances_results.json"
+CALIBRATION_ITERS = 30  # iterations timed to fit a schedule into a time budget
+
+
+class TimedModel(nn.Module):
+    """Wraps a model and adds up the wall time of its forward calls."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.seconds = 0.0
+        self.images = 0
+
+    def forward(self, inputs):
+        _synchronize()
+        start = time.perf_counter()
+        outputs = self.model(inputs)
+        _synchronize()
+        self.seconds += time.perf_counter() - start
+        self.images += len(inputs)
+        return outputs
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_memory_mb() -> float:
+    """Peak GPU memory allocated, or the process's peak RSS on the CPU, in MiB."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate(model: nn.Module, cfg: CfgNode, dataset: str, output_dir: str, with_masks: bool) -> dict:
+    """COCO evaluation of ``model`` on ``dataset``; predictions saved in ``output_dir``.
+
+    Returns:
+        {"bbox": {AP, ...}, ("segm": ...), "predictions": path, "infer_s_per_image": float}
+    """
+    timed = TimedModel(model)
+    tasks = ("bbox", "segm") if with_masks else ("bbox",)
+    results = inference_on_dataset(
+        timed,
+        Trainer.build_test_loader(cfg, dataset),
+        COCOEvaluator(dataset, tasks=tasks, output_dir=output_dir),
+    )
+    return {
+        **results,
+        "predictions": os.path.join(output_dir, PREDICTIONS_FILE),
+        "infer_s_per_image": timed.seconds / max(timed.images, 1),
+    }
+
+
+class LearningCurveHook(HookBase):
+    """Evaluates every ``period`` iterations and records AP against training seconds.
+
+    Training seconds: wall time since training began, less the time spent in these
+    evaluations. The last iteration is left to the caller's final evaluation.
+    """
+
+    def __init__(self, cfg: CfgNode, datasets: Sequence[str], period: int, run_dir: str):
+        self.cfg = cfg
+        self.datasets = list(datasets)
+        self.period = period
+        self.run_dir = run_dir
+        self.points: List[dict] = []
+        self.evaluation_seconds = 0.0
+        self.start = None
+
+    def before_train(self):
+        self.start = time.perf_counter()
+
+    def training_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.evaluation_seconds
+
+    def after_step(self):
+        iteration = self.trainer.iter + 1
+        if self.period <= 0 or iteration % self.period or iteration >= self.trainer.max_iter:
+            return
+        seconds = self.training_seconds()
+        began = time.perf_counter()
+        self.points.append(self.evaluate_all(iteration, seconds, with_masks=False))
+        self.evaluation_seconds += time.perf_counter() - began
+
+    def evaluate_all(self, iteration: int, seconds: float, with_masks: bool) -> dict:
+        point = {"iteration": iteration, "train_seconds": seconds, "datasets": {}}
+        for dataset in self.datasets:
+            output_dir = os.path.join(self.run_dir, "evals", f"iter_{iteration:06d}", dataset)
+            result = evaluate(self.trainer.model, self.cfg, dataset, output_dir, with_masks)
+            result["predictions"] = os.path.relpath(result["predictions"], self.run_dir)
+            point["datasets"][dataset] = result
+        return point
+
+
+def scaled_schedule_opts(cfg: CfgNode, max_iter: int, eval_period: int) -> Tuple[List[str], int]:
+    """KEY VALUE pairs that stretch ``cfg``'s schedule to ``max_iter`` iterations.
+
+    The LR steps stay at the same fractions of the schedule, and so do the evaluations;
+    the warm-up keeps its length in iterations (it is about the start, not the length).
+
+    Returns:
+        (KEY VALUE pairs, the evaluation period for the new schedule)
+    """
+    fraction = max_iter / cfg.SOLVER.MAX_ITER
+    steps = tuple(max(1, round(step * fraction)) for step in cfg.SOLVER.STEPS)
+    return [
+        "SOLVER.MAX_ITER", str(max_iter),
+        "SOLVER.STEPS", str(steps),
+        "SOLVER.WARMUP_ITERS", str(min(cfg.SOLVER.WARMUP_ITERS, max_iter // 2)),
+    ], max(1, round(eval_period * fraction))
+
+
+def _median_iteration_seconds(metrics_file: str, skip: int = 0) -> Optional[float]:
+    """Median of Detectron2's logged iteration times (``metrics.json``)."""
+    if not os.path.isfile(metrics_file):
+        return None
+    with open(metrics_file) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    times = [r["time"] for r in records if "time" in r and r.get("iteration", 0) >= skip]
+    return statistics.median(times) if times else None
+
+
+def calibrate_seconds_per_iteration(config_file: str, opts: Sequence[str], run_dir: str) -> float:
+    """Train ``CALIBRATION_ITERS`` iterations and return the median seconds per iteration."""
+    calibration_dir = os.path.join(run_dir, "calibration")
+    cfg = setup_cfg(config_file, [*opts, "OUTPUT_DIR", calibration_dir,
+                                  "SOLVER.MAX_ITER", str(CALIBRATION_ITERS),
+                                  "SOLVER.CHECKPOINT_PERIOD", "1000000", "DATASETS.TEST", "()"])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return _median_iteration_seconds(os.path.join(calibration_dir, "metrics.json"), skip=5)
+
+
+def train_and_evaluate(
+    config_file: str,
+    run_dir: str,
+    datasets: Sequence[str],
+    opts: Sequence[str] = (),
+    seed: int = 0,
+    num_evaluations: int = 6,
+    budget_seconds: Optional[float] = None,
+    name: Optional[str] = None,
+) -> Dict:
+    """Train a model, evaluate it along the way and at the end, write ``run.json``.
+
+    Args:
+        config_file, opts: the model's config and KEY VALUE overrides.
+        run_dir: where everything goes (also the model's OUTPUT_DIR).
+        datasets: validation sets, evaluated at every point of the learning curve.
+        seed: Detectron2's SEED (weights, data order, augmentation).
+        num_evaluations: points on the learning curve, the final one included.
+        budget_seconds: train for about this long: the schedule is stretched (see
+            ``scaled_schedule_opts``) to the iterations that fit, timed beforehand.
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    base_opts = [*opts, "SEED", str(seed), "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0",
+                 "SOLVER.CHECKPOINT_PERIOD", "1000000"]
+    cfg = setup_cfg(config_file, [*base_opts, "OUTPUT_DIR", run_dir])
+    eval_period = max(1, cfg.SOLVER.MAX_ITER // num_evaluations)
+    calibrated = None
+    if budget_seconds is not None:
+        seed_all_rng(seed)
+        calibrated = calibrate_seconds_per_iteration(config_file, base_opts, run_dir)
+        max_iter = max(CALIBRATION_ITERS, int(budget_seconds / calibrated))
+        schedule_opts, eval_period = scaled_schedule_opts(cfg, max_iter, eval_period)
+        cfg = setup_cfg(config_file, [*base_opts, *schedule_opts, "OUTPUT_DIR", run_dir])
+
+    seed_all_rng(seed)
+    trainer = Trainer(cfg)
+    curve = LearningCurveHook(cfg, datasets, eval_period, run_dir)
+    trainer.register_hooks([curve])
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    train_seconds = curve.training_seconds()
+    with_masks = bool(cfg.MODEL.MASK_ON)
+    final = curve.evaluate_all(cfg.SOLVER.MAX_ITER, train_seconds, with_masks)
+    curve.points.append(final)
+
+    run = {
+        "name": name or Path(config_file).stem,
+        "config": config_file,
+        "opts": list(opts),
+        "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "seed": seed,
+        "schedule": "time budget" if budget_seconds is not None else "iterations",
+        "budget_seconds": budget_seconds,
+        "calibrated_s_per_iter": calibrated,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "train_seconds": train_seconds,
+        "train_s_per_iter": _median_iteration_seconds(os.path.join(run_dir, "metrics.json")),
+        "infer_s_per_image": {d: r["infer_s_per_image"] for d, r in final["datasets"].items()},
+        "peak_memory_mb": peak_memory_mb(),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "device": cfg.MODEL.DEVICE,
+        "ground_truth": {d: MetadataCatalog.get(d).json_file for d in datasets},
+        "curve": curve.points,
+    }
+    with open(os.path.join(run_dir, RUN_FILE), "w") as f:
+        json.dump(run, f, indent=1)
+    return run
