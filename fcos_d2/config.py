@@ -1,6 +1,13 @@
-"""Config keys of fcos_d2. Every key lives under ``MODEL.FCOS``."""
+"""Config keys of fcos_d2 (every key lives under ``MODEL.FCOS``), and building a config."""
 
+import logging
+from typing import List, Sequence
+
+import torch
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+logger = logging.getLogger("fcos_d2")
 
 
 def add_fcos_config(cfg: CN) -> None:
@@ -56,6 +63,10 @@ def add_fcos_config(cfg: CN) -> None:
     _C.MODEL.FCOS.LOSS_GAMMA = 2.0
     # Box regression loss: "iou" (-log IoU, the paper's), "giou", "diou" or "ciou".
     _C.MODEL.FCOS.BOX_LOSS_TYPE = "giou"
+    # s in the IoU of the "iou" and "giou" losses, IoU = (I + s) / (U + s), with I and U in
+    # the units the distances are regressed in (stride units with NORM_REG_TARGETS, so
+    # s = 1 adds one stride squared). 0: the papers' exact IoU; 1: the official FCOS code's.
+    _C.MODEL.FCOS.IOU_LOSS_SMOOTHING = 0.0
 
     # Inference. Candidates below this score are dropped before top-k.
     _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.05
@@ -72,3 +83,40 @@ def add_fcos_config(cfg: CN) -> None:
     # and head, and frozen BatchNorm folded into the preceding conv of the ResNet.
     _C.MODEL.FCOS.CHANNELS_LAST = True
     _C.MODEL.FCOS.FOLD_FROZEN_BN = True
+
+
+def merge_config(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Config from Detectron2's and the FCOS defaults, the file, and KEY VALUE pairs (not frozen)."""
+    cfg = get_cfg()
+    add_fcos_config(cfg)
+    cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def fall_back_to_available_hardware(cfg: CN) -> List[str]:
+    """Run on the CPU when no GPU is found, and in float32 there; says what it changed."""
+    changes = []
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        cfg.MODEL.DEVICE = "cpu"
+        changes.append("No GPU found: running on the CPU (MODEL.DEVICE cpu)")
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        # Detectron2's AMPTrainer autocasts on CUDA only (and asserts a GPU at step 1).
+        cfg.SOLVER.AMP.ENABLED = False
+        changes.append(
+            f"SOLVER.AMP.ENABLED needs a CUDA device, MODEL.DEVICE is {cfg.MODEL.DEVICE}: "
+            "training in float32"
+        )
+    return changes
+
+
+def setup_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
+    """Frozen config from the FCOS defaults, the file, and KEY VALUE pairs, runnable here.
+
+    What the hardware fallbacks change is logged as a warning.
+    """
+    cfg = merge_config(config_file, opts)
+    for change in fall_back_to_available_hardware(cfg):
+        logger.warning(change)
+    cfg.freeze()
+    return cfg

@@ -1,0 +1,72 @@
+"""Detectron2's trainer, with what FCOS needs: COCO evaluation and crowd boxes kept."""
+
+import os
+import re
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer
+from detectron2.evaluation import COCOEvaluator
+from detectron2.utils import comm
+
+from .classes import classes_of_dataset, write_classes
+from .dataset_mapper import CrowdAwareDatasetMapper, EightBitDatasetMapper
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with COCO evaluation, crowd boxes kept for FCOS, 16-bit images read
+    right, and the classes (names, dataset category ids) written to OUTPUT_DIR/classes.json."""
+
+    def __init__(self, cfg: CfgNode):
+        super().__init__(cfg)  # builds the training loader, which loads the datasets
+        if comm.is_main_process() and cfg.DATASETS.TRAIN:
+            write_classes(cfg.OUTPUT_DIR, classes_of_dataset(cfg.DATASETS.TRAIN[0]))
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return COCOEvaluator(dataset_name, output_dir=output_folder)
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as error:
+            raise FloatingPointError(self._non_finite_loss_message(str(error))) from error
+
+    def _non_finite_loss_message(self, detectron2_message: str) -> str:
+        """Say which loss terms went non-finite, at which iteration, and what is on disk."""
+        # Detectron2's message holds the loss dict, e.g. "'loss_fcos_loc': np.float64(nan)".
+        terms = re.findall(r"'(\w+)': [^,}]*?(?:nan|inf)", detectron2_message)
+        checkpoint = self.checkpointer.get_checkpoint_file() or "none written yet"
+        return (
+            f"Non-finite loss at iteration {self.iter}: {', '.join(terms) or 'unknown term'}. "
+            f"Last checkpoint on disk: {checkpoint}. ({detectron2_message})"
+        )
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        # Detectron2's test mapper, but reading 16-bit images right (for every model).
+        return build_detection_test_loader(cfg, dataset_name, mapper=EightBitDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        # FCOS keeps crowd boxes (to ignore them); every model reads 16-bit images right.
+        mapper = CrowdAwareDatasetMapper if cfg.MODEL.META_ARCHITECTURE == "FCOS" else EightBitDatasetMapper
+        return build_detection_train_loader(cfg, mapper=mapper(cfg, True))
+
+
+def check_num_gpus(num_gpus: int) -> None:
+    """Refuse ``--num-gpus N`` when fewer than N GPUs are found, before anything starts.
+
+    ``--num-gpus 1`` (the default) always runs: on the CPU when there is no GPU. Several
+    processes need as many GPUs: Detectron2 wraps each process's model in
+    DistributedDataParallel on GPU ``local_rank``, which does not exist otherwise.
+    """
+    found = torch.cuda.device_count()
+    if num_gpus > 1 and num_gpus > found:
+        raise SystemExit(
+            f"--num-gpus {num_gpus}, but {found} GPU(s) found"
+            + (": run with --num-gpus 1, which trains on the CPU" if found == 0
+               else f": use --num-gpus {found} or fewer")
+        )
