@@ -17,9 +17,8 @@ import torch
 from detectron2.structures import Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import nms
 
-from .inference import decode_candidates
+from .inference import detect_single_image
 from .meta_arch import FCOS
 from .targets import make_location_grid
 
@@ -31,16 +30,10 @@ BOX_TOLERANCE = 1e-2  # input pixels
 class FCOSExportModule(nn.Module):
     """Detections of one image from a built :class:`FCOS`, with tensors only.
 
-    Runs the model's normalisation, backbone and head, then
-    :func:`~fcos_d2.inference.select_level_candidates` and
-    :func:`~fcos_d2.inference.decode_boxes` on each level. What follows them in the eager
-    path (the end of :func:`~fcos_d2.inference.fcos_inference_single_image`, then
-    Detectron2's ``detector_postprocess``) is written here with plain tensor operations:
-    ``Boxes`` and ``batched_nms`` branch on the number of boxes, ``Boxes.clip`` asserts
-    on tensor values, and ``Instances`` checks lengths, none of which an export can trace
-    when that number depends on the data. The result is the same: finite boxes clipped
-    to the image, class-aware NMS, the best ``max_detections_per_image``, then the boxes
-    of zero width or height dropped.
+    Runs the model's normalisation, backbone and head, then the post-processing the eager
+    model runs, :func:`~fcos_d2.inference.detect_single_image`: tensors only, since
+    ``Boxes.clip`` asserts on tensor values and ``Instances`` checks lengths, which an
+    export cannot trace when the number of boxes depends on the data.
 
     The model's channels-last layout and folded frozen BatchNorm export as they are.
     """
@@ -94,7 +87,7 @@ class FCOSExportModule(nn.Module):
         height, width = image.shape[-2:]
         features = model.backbone(self.preprocess(image))
         features = [features[f] for f in model.head_in_features]
-        logits, box_dists, centerness = model._flatten_predictions(model.head(features))
+        logits, box_dists, centerness = model.flatten_predictions(model.head(features))
         # Built here rather than by ``model.location_grid``: its cache is keyed by the
         # feature sizes, which are unhashable SymInts in a dynamic-size export.
         grid = make_location_grid(
@@ -106,70 +99,15 @@ class FCOSExportModule(nn.Module):
         )
         points_per_level = grid.points.split(grid.num_per_level)
 
-        boxes, scores, classes = decode_candidates(
+        return detect_single_image(
             [x[0] for x in logits],  # (R_l, K)
             [x[0] for x in box_dists],  # (R_l, 4)
             [x[0, :, 0] for x in centerness],  # (R_l,)
             points_per_level,
             model.strides,
-            norm_reg_targets=model.norm_reg_targets,
-            score_thresh=model.score_thresh,
-            thresh_with_centerness=model.thresh_with_centerness,
-            topk_candidates=model.topk_candidates,
+            (height, width),
+            **model.postprocess_arguments(),
         )
-        boxes = clip_boxes(boxes, height, width)
-        keep = class_aware_nms(boxes, scores, classes, model.nms_thresh)
-        keep = keep[: model.max_detections_per_image]
-        boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
-        # detector_postprocess keeps the boxes of positive width and height.
-        nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        return boxes[nonempty], scores[nonempty], classes[nonempty]
-
-
-def clip_boxes(boxes: Tensor, height, width) -> Tensor:
-    """``Boxes.clip`` without its assertion that all boxes are finite, and not in place.
-
-    Args:
-        boxes: (C, 4) finite (x0, y0, x1, y1).
-        height, width: the image size (ints, or symbolic sizes in an export).
-    """
-    x = boxes[:, 0::2].clamp(min=0, max=width)  # (C, 2)
-    y = boxes[:, 1::2].clamp(min=0, max=height)  # (C, 2)
-    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
-
-
-def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
-    """``torchvision.ops.batched_nms`` for boxes clipped to the image, traceable by an export.
-
-    Shifts each class's boxes by ``class * (largest coordinate + 1)`` so that boxes of
-    different classes never overlap, then runs one NMS (torchvision's coordinate trick).
-    torchvision's ``batched_nms`` returns early on no boxes and switches to a per-class
-    loop above 1000 boxes: both branch on the number of boxes, unknown in an export.
-
-    torchvision's fake ``nms`` (the output size ``torch.export`` sees) declares at least
-    two kept boxes, and the exported program asserts it at run time. Two sentinel boxes,
-    at negative coordinates (the shifted boxes are >= 0) and scored below any candidate,
-    are always kept, last, so that holds; they are dropped before returning.
-
-    Args:
-        boxes: (C, 4) finite (x0, y0, x1, y1), all coordinates >= 0.
-        scores: (C,) scores, >= 0.
-        classes: (C,) class indices.
-
-    Returns:
-        indices (D,) of the kept boxes, best first.
-    """
-    num_boxes = boxes.shape[0]
-    # The appended zero makes the maximum defined when there are no boxes.
-    max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
-    offsets = classes.to(boxes) * (max_coordinate + 1)  # (C,)
-    sentinels = boxes.new_tensor([[-4.0, -4.0, -3.0, -3.0], [-2.0, -2.0, -1.0, -1.0]])
-    keep = nms(
-        torch.cat([boxes + offsets[:, None], sentinels]),
-        torch.cat([scores, scores.new_full((2,), -1.0)]),
-        iou_threshold,
-    )
-    return keep[keep < num_boxes]
 
 
 def dynamic_image_shapes(
@@ -290,3 +228,45 @@ def sample_image(height: int, width: int, seed: int = 0) -> Tensor:
     smooth = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
     fine = torch.rand(3, height, width, generator=generator)
     return (0.8 * smooth + 0.2 * fine) * 255
+
+
+# ----------------------------------------------------------------------------- contract
+
+CONTRACT_KEY = "fcos_d2"  # ONNX metadata_props key, and "fcos_d2.json" in a .pt2's extra files
+
+
+def export_contract(model: FCOS, cfg, classes, dynamic: bool, export_size: Tuple[int, int]) -> dict:
+    """What an exported program takes and returns, stored in the exported file.
+
+    Args:
+        model: the exported FCOS.
+        cfg: its config (input format and test resizing).
+        classes: :class:`fcos_d2.classes.ModelClasses` or None.
+        dynamic: exported for a range of sizes (else ``export_size`` only).
+        export_size: (height, width) of the export image.
+    """
+    min_size = max(model.strides) + 1
+    return {
+        "input": {
+            "name": "image",
+            "shape": "(3, H, W)",
+            "dtype": "float32",
+            "range": "0-255 (not normalised: the program subtracts PIXEL_MEAN, divides by PIXEL_STD)",
+            "channel_order": cfg.INPUT.FORMAT,
+            "sizes": (f"any H and W from {min_size} to 4096" if dynamic
+                      else f"{export_size[0]} x {export_size[1]} only"),
+            "resizing": (f"none inside: the model was evaluated on images resized so that the short "
+                         f"side is {cfg.INPUT.MIN_SIZE_TEST} and the long side at most "
+                         f"{cfg.INPUT.MAX_SIZE_TEST}; boxes come back in the pixels of the image given"),
+        },
+        "outputs": {
+            "boxes": "(D, 4) float32, x0, y0, x1, y1 in input pixels, best first",
+            "scores": "(D,) float32, sqrt(class probability x centerness)",
+            "classes": "(D,) int64, an index into class_names and category_ids",
+        },
+        "class_names": list(classes.names) if classes else [],
+        "category_ids": list(classes.category_ids) if classes else [],
+        "classes_from": classes.dataset if classes else None,
+        "score_threshold": model.score_thresh,
+        "detections_per_image": model.max_detections_per_image,
+    }

@@ -1,4 +1,6 @@
-"""FCOS inference: per-level candidates, box decoding, class-aware NMS.
+"""FCOS inference: per-level candidates, box decoding, clipping, class-aware NMS.
+
+One tensor-only path (:func:`detect_single_image`) serves eager inference and export.
 
 Naming: R_l locations on level l, K classes, C candidates.
 """
@@ -8,7 +10,7 @@ from typing import List, Tuple
 import torch
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 
 def decode_boxes(points: Tensor, box_dists: Tensor) -> Tensor:
@@ -94,13 +96,60 @@ def decode_candidates(
     return boxes[finite], scores[finite], classes[finite]
 
 
-def fcos_inference_single_image(
+def clip_boxes(boxes: Tensor, height, width) -> Tensor:
+    """Boxes clamped to the image, not in place (``Boxes.clip`` without its assertion).
+
+    Args:
+        boxes: (C, 4) finite (x0, y0, x1, y1).
+        height, width: the image size (ints, or symbolic sizes in an export).
+    """
+    x = boxes[:, 0::2].clamp(min=0, max=width)  # (C, 2)
+    y = boxes[:, 1::2].clamp(min=0, max=height)  # (C, 2)
+    return torch.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], dim=1)
+
+
+def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float) -> Tensor:
+    """Class-aware NMS of boxes clipped to the image, in one form for eager and export.
+
+    Shifts each class's boxes by ``class * (largest coordinate + 1)`` so that boxes of
+    different classes never overlap, then runs one NMS (torchvision's coordinate trick,
+    which its ``batched_nms`` also uses below 4000 boxes on the CPU). ``batched_nms``
+    itself returns early on no boxes and switches to a per-class loop on many: both
+    branch on the number of boxes, which an export cannot know.
+
+    torchvision's fake ``nms`` (the output size ``torch.export`` sees) declares at least
+    two kept boxes, and the exported program asserts it at run time. Two sentinel boxes,
+    at negative coordinates (the shifted boxes are >= 0) and scored below any candidate,
+    are always kept, last, so that holds; they are dropped before returning.
+
+    Args:
+        boxes: (C, 4) finite (x0, y0, x1, y1), all coordinates >= 0.
+        scores: (C,) scores, >= 0.
+        classes: (C,) class indices.
+
+    Returns:
+        indices (D,) of the kept boxes, best first.
+    """
+    num_boxes = boxes.shape[0]
+    # The appended zero makes the maximum defined when there are no boxes.
+    max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
+    offsets = classes.to(boxes) * (max_coordinate + 1)  # (C,)
+    sentinels = boxes.new_tensor([[-4.0, -4.0, -3.0, -3.0], [-2.0, -2.0, -1.0, -1.0]])
+    keep = nms(
+        torch.cat([boxes + offsets[:, None], sentinels]),
+        torch.cat([scores, scores.new_full((2,), -1.0)]),
+        iou_threshold,
+    )
+    return keep[keep < num_boxes]
+
+
+def detect_single_image(
     logits_per_level: List[Tensor],
     box_dists_per_level: List[Tensor],
     centerness_per_level: List[Tensor],
     points_per_level: List[Tensor],
     strides: List[int],
-    image_size: Tuple[int, int],
+    image_size: Tuple,
     *,
     norm_reg_targets: bool = True,
     score_thresh: float = 0.05,
@@ -108,14 +157,18 @@ def fcos_inference_single_image(
     topk_candidates: int = 1000,
     nms_thresh: float = 0.6,
     max_detections: int = 100,
-) -> Instances:
-    """Detections of one image from its per-level head outputs.
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """The detections of one image from its per-level head outputs, tensors only.
 
-    Candidates come from :func:`decode_candidates` (same arguments); they are clipped
-    to ``image_size`` (height, width), then class-aware NMS keeps ``max_detections``.
+    The whole post-processing, shared by eager inference and the exported model:
+    threshold and top-k per level and decode (:func:`decode_candidates`, same
+    arguments), clip to ``image_size`` (height, width), drop the boxes clipping left
+    empty (off-image predictions of locations in the padding), class-aware NMS, keep
+    the best ``max_detections``. Empty boxes go before NMS and the cap, so that they
+    never take the place of a real detection.
 
     Returns:
-        Instances with ``pred_boxes``, ``scores`` and ``pred_classes``, best first.
+        boxes (D, 4), scores (D,), classes (D,), best first.
     """
     boxes, scores, classes = decode_candidates(
         logits_per_level,
@@ -128,11 +181,30 @@ def fcos_inference_single_image(
         thresh_with_centerness=thresh_with_centerness,
         topk_candidates=topk_candidates,
     )
-    boxes = Boxes(boxes)
-    boxes.clip(image_size)
-    keep = batched_nms(boxes.tensor, scores, classes, nms_thresh)[:max_detections]
-    result = Instances(image_size)
-    result.pred_boxes = boxes[keep]
-    result.scores = scores[keep]
-    result.pred_classes = classes[keep]
+    boxes = clip_boxes(boxes, *image_size)
+    nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (C,)
+    boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
+    keep = class_aware_nms(boxes, scores, classes, nms_thresh)[:max_detections]
+    return boxes[keep], scores[keep], classes[keep]
+
+
+def fcos_inference_single_image(
+    logits_per_level: List[Tensor],
+    box_dists_per_level: List[Tensor],
+    centerness_per_level: List[Tensor],
+    points_per_level: List[Tensor],
+    strides: List[int],
+    image_size: Tuple[int, int],
+    **options,
+) -> Instances:
+    """:func:`detect_single_image` (same arguments and ``options``) as ``Instances`` with
+    ``pred_boxes``, ``scores`` and ``pred_classes``, best first."""
+    boxes, scores, classes = detect_single_image(
+        logits_per_level, box_dists_per_level, centerness_per_level, points_per_level,
+        strides, image_size, **options,
+    )
+    result = Instances(tuple(image_size))
+    result.pred_boxes = Boxes(boxes)
+    result.scores = scores
+    result.pred_classes = classes
     return result

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .head import FCOSHead
 from .inference import fcos_inference_single_image
-from .losses import BOX_LOSS_TYPES, fcos_losses
+from .losses import BOX_LOSS_TYPES, check_iou_loss_smoothing, fcos_losses
 from .targets import LocationGrid, assign_targets, make_location_grid, sanitize_gt_instances
 
 # Grids kept per (feature sizes, device); multi-scale training sees a few dozen.
@@ -41,6 +41,7 @@ class FCOS(DenseDetector):
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         box_loss_type: str = "giou",
+        iou_loss_smoothing: float = 0.0,
         score_thresh: float = 0.05,
         thresh_with_centerness: bool = False,
         topk_candidates: int = 1000,
@@ -64,6 +65,8 @@ class FCOS(DenseDetector):
             norm_reg_targets: the head regresses distances in stride units.
             focal_loss_alpha, focal_loss_gamma: focal loss parameters.
             box_loss_type: "iou", "giou", "diou" or "ciou".
+            iou_loss_smoothing: s in IoU = (I + s) / (U + s) of the iou / giou losses;
+                0 is the papers' IoU, 1 the official FCOS code's.
             score_thresh, thresh_with_centerness, topk_candidates, nms_thresh,
                 max_detections_per_image: inference, see :func:`fcos_inference_single_image`.
             channels_last: run backbone and head on channels-last tensors (faster convs
@@ -77,6 +80,7 @@ class FCOS(DenseDetector):
             raise ValueError(
                 f"MODEL.FCOS.BOX_LOSS_TYPE must be one of {BOX_LOSS_TYPES}, got {box_loss_type!r}"
             )
+        check_iou_loss_smoothing(box_loss_type, iou_loss_smoothing)
         self.strides = list(strides)
         self.num_classes = num_classes
         self.sizes_of_interest = list(sizes_of_interest)
@@ -87,6 +91,7 @@ class FCOS(DenseDetector):
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.box_loss_type = box_loss_type
+        self.iou_loss_smoothing = iou_loss_smoothing
         # Inference parameters:
         self.score_thresh = score_thresh
         self.thresh_with_centerness = thresh_with_centerness
@@ -135,6 +140,7 @@ class FCOS(DenseDetector):
             "focal_loss_alpha": fcos.LOSS_ALPHA,
             "focal_loss_gamma": fcos.LOSS_GAMMA,
             "box_loss_type": fcos.BOX_LOSS_TYPE,
+            "iou_loss_smoothing": fcos.IOU_LOSS_SMOOTHING,
             # Inference parameters:
             "score_thresh": fcos.SCORE_THRESH_TEST,
             "thresh_with_centerness": fcos.THRESH_WITH_CENTERNESS,
@@ -166,7 +172,7 @@ class FCOS(DenseDetector):
             self._grids[key] = grid
         return grid
 
-    def _flatten_predictions(
+    def flatten_predictions(
         self, predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]]
     ) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
         """Per-level (N, C, H, W) head outputs to (N, H*W, C), C = K, 4 and 1."""
@@ -189,7 +195,7 @@ class FCOS(DenseDetector):
         """Head outputs of all levels as (N, R, K), (N, R, 4), (N, R), in float32 for the losses."""
         logits, box_dists, centerness = (
             torch.cat(level_outputs, dim=1).float()
-            for level_outputs in self._flatten_predictions(predictions)
+            for level_outputs in self.flatten_predictions(predictions)
         )
         return logits, box_dists, centerness.squeeze(2)
 
@@ -226,6 +232,7 @@ class FCOS(DenseDetector):
             focal_loss_alpha=self.focal_loss_alpha,
             focal_loss_gamma=self.focal_loss_gamma,
             box_loss_type=self.box_loss_type,
+            iou_loss_smoothing=self.iou_loss_smoothing,
         )
 
     def forward_inference(
@@ -234,7 +241,7 @@ class FCOS(DenseDetector):
         features: List[Tensor],
         predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
     ) -> List[Instances]:
-        logits, box_dists, centerness = self._flatten_predictions(predictions)
+        logits, box_dists, centerness = self.flatten_predictions(predictions)
         grid = self.location_grid(features)
         points_per_level = grid.points.split(grid.num_per_level)
         return [
@@ -245,12 +252,18 @@ class FCOS(DenseDetector):
                 points_per_level,
                 self.strides,
                 image_size,
-                norm_reg_targets=self.norm_reg_targets,
-                score_thresh=self.score_thresh,
-                thresh_with_centerness=self.thresh_with_centerness,
-                topk_candidates=self.topk_candidates,
-                nms_thresh=self.nms_thresh,
-                max_detections=self.max_detections_per_image,
+                **self.postprocess_arguments(),
             )
             for i, image_size in enumerate(images.image_sizes)
         ]
+
+    def postprocess_arguments(self) -> Dict:
+        """This model's inference parameters, as :func:`detect_single_image` takes them."""
+        return dict(
+            norm_reg_targets=self.norm_reg_targets,
+            score_thresh=self.score_thresh,
+            thresh_with_centerness=self.thresh_with_centerness,
+            topk_candidates=self.topk_candidates,
+            nms_thresh=self.nms_thresh,
+            max_detections=self.max_detections_per_image,
+        )

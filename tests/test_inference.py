@@ -4,7 +4,12 @@ import math
 
 import torch
 
-from fcos_d2.inference import decode_boxes, fcos_inference_single_image, select_level_candidates
+from fcos_d2.inference import (
+    decode_boxes,
+    detect_single_image,
+    fcos_inference_single_image,
+    select_level_candidates,
+)
 
 
 def logit(p: float) -> float:
@@ -75,3 +80,23 @@ def test_detections_per_image_and_nan_boxes_dropped():
     assert len(result) == 2
     assert torch.isfinite(result.pred_boxes.tensor).all()
     assert result.pred_boxes.tensor[:, 0].tolist() == [42, 82]
+
+
+def test_boxes_clipped_empty_never_take_a_detection_slot():
+    """150 valid, disjoint boxes and 150 better-scored ones off the image (x > width),
+    which clipping squashes to zero width: exactly 100 real boxes come out."""
+    valid_points = [[6 + 12 * (i % 15), 6 + 12 * (i // 15)] for i in range(150)]  # inside 200 x 200
+    off_points = [[260 + 12 * (i % 15), 6 + 12 * (i // 15)] for i in range(150)]
+    logits, dists, centerness, points = one_level(
+        cls_probs=[[0.9]] * 150 + [[0.99]] * 150,
+        ctr_probs=[0.9] * 300,
+        ltrb=[[0.5, 0.5, 0.5, 0.5]] * 300,  # 8 x 8 boxes at stride 8
+        points=valid_points + off_points,
+    )
+    boxes, scores, classes = detect_single_image(
+        [logits], [dists], [centerness], [points], [8], (200, 200), max_detections=100
+    )
+    assert len(boxes) == 100
+    assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
+    assert (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 200).all()
+    torch.testing.assert_close(scores, torch.full((100,), 0.9))
