@@ -3,7 +3,7 @@
 Naming: N images, R locations, K classes, P positive locations in the batch.
 """
 
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 import torch.distributed as dist
@@ -33,24 +33,59 @@ def _ltrb_to_boxes(dists: Tensor) -> Tensor:
     return torch.cat([-dists[:, :2], dists[:, 2:]], dim=1)
 
 
-def _neg_log_iou(pred: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
-    """-log IoU of boxes given as distances from the same location (the paper's IoU loss)."""
+def _intersection_and_union(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tensor]:
+    """(P,) intersection and union areas of boxes given as distances (l, t, r, b) from
+    the same location, which both boxes contain."""
     pred_area = (pred[:, 0] + pred[:, 2]) * (pred[:, 1] + pred[:, 3])
     target_area = (target[:, 0] + target[:, 2]) * (target[:, 1] + target[:, 3])
-    overlap = torch.min(pred, target)  # (P, 4): both boxes contain the location
+    overlap = torch.min(pred, target)  # (P, 4)
     intersection = (overlap[:, 0] + overlap[:, 2]) * (overlap[:, 1] + overlap[:, 3])
-    iou = intersection / (pred_area + target_area - intersection).clamp(min=eps)
+    return intersection, pred_area + target_area - intersection
+
+
+def _neg_log_iou(pred: Tensor, target: Tensor, smoothing: float = 0.0, eps: float = 1e-6) -> Tensor:
+    """-log IoU of boxes given as distances from the same location (the paper's IoU loss),
+    with IoU = (I + smoothing) / (U + smoothing)."""
+    intersection, union = _intersection_and_union(pred, target)
+    iou = (intersection + smoothing) / (union + smoothing).clamp(min=eps)
     return -torch.log(iou.clamp(min=eps))
 
 
-def box_regression_loss(pred: Tensor, target: Tensor, loss_type: str) -> Tensor:
+def _smoothed_giou_loss(pred: Tensor, target: Tensor, smoothing: float) -> Tensor:
+    """1 − GIoU with the official FCOS code's IoU, (I + s) / (U + s); the enclosing-box
+    term uses the exact union, as there."""
+    intersection, union = _intersection_and_union(pred, target)
+    enclosing = torch.max(pred, target)  # (P, 4)
+    enclosing_area = (enclosing[:, 0] + enclosing[:, 2]) * (enclosing[:, 1] + enclosing[:, 3]) + 1e-7
+    iou = (intersection + smoothing) / (union + smoothing)
+    return 1 - (iou - (enclosing_area - union) / enclosing_area)
+
+
+def check_iou_loss_smoothing(loss_type: str, smoothing: float) -> None:
+    """IOU_LOSS_SMOOTHING is defined for the iou and giou losses only, and not negative."""
+    if smoothing < 0:
+        raise ValueError(f"MODEL.FCOS.IOU_LOSS_SMOOTHING must be >= 0, got {smoothing}")
+    if smoothing and loss_type not in ("iou", "giou"):
+        raise ValueError(
+            f"MODEL.FCOS.IOU_LOSS_SMOOTHING {smoothing} applies to BOX_LOSS_TYPE iou or giou "
+            f"(as in the official FCOS code), not {loss_type!r}; set it to 0"
+        )
+
+
+def box_regression_loss(pred: Tensor, target: Tensor, loss_type: str, smoothing: float = 0.0) -> Tensor:
     """Per-location box loss between (P, 4) predicted and target distances (l, t, r, b).
+
+    ``smoothing`` s makes the IoU of the iou / giou losses (I + s) / (U + s), as the
+    official FCOS code computes it with s = 1 (see ``MODEL.FCOS.IOU_LOSS_SMOOTHING``).
 
     Returns:
         (P,) losses.
     """
+    check_iou_loss_smoothing(loss_type, smoothing)
     if loss_type == "iou":
-        return _neg_log_iou(pred, target)
+        return _neg_log_iou(pred, target, smoothing)
+    if loss_type == "giou" and smoothing:
+        return _smoothed_giou_loss(pred, target, smoothing)
     pred_boxes, target_boxes = _ltrb_to_boxes(pred), _ltrb_to_boxes(target)
     if loss_type == "giou":
         return giou_loss(pred_boxes, target_boxes, reduction="none")
@@ -74,6 +109,7 @@ def fcos_losses(
     focal_loss_alpha: float = 0.25,
     focal_loss_gamma: float = 2.0,
     box_loss_type: str = "giou",
+    iou_loss_smoothing: float = 0.0,
 ) -> Dict[str, Tensor]:
     """The three FCOS losses for a batch.
 
@@ -90,6 +126,7 @@ def fcos_losses(
         num_classes: K.
         focal_loss_alpha, focal_loss_gamma: focal loss parameters.
         box_loss_type: one of ``BOX_LOSS_TYPES``.
+        iou_loss_smoothing: see :func:`box_regression_loss`.
 
     Returns:
         ``loss_fcos_cls``, ``loss_fcos_loc`` and ``loss_fcos_ctr``.
@@ -111,7 +148,9 @@ def fcos_losses(
     positive_targets = box_targets[positive]  # (P, 4)
     ctr_targets = centerness_targets(positive_targets)  # (P,)
     ctr_normalizer = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
-    loss_box = box_regression_loss(pred_box_dists[positive], positive_targets, box_loss_type)
+    loss_box = box_regression_loss(
+        pred_box_dists[positive], positive_targets, box_loss_type, iou_loss_smoothing
+    )
     loss_ctr = F.binary_cross_entropy_with_logits(
         pred_centerness[positive], ctr_targets, reduction="sum"
     )

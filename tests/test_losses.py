@@ -115,3 +115,23 @@ def test_box_losses_finite_for_degenerate_predictions(loss_type):
     loss = box_regression_loss(pred, target, loss_type)
     loss.sum().backward()
     assert torch.isfinite(loss).all() and torch.isfinite(pred.grad).all()
+
+
+def test_iou_loss_smoothing_by_hand():
+    """pred (l, t, r, b) = (3, 1, 1, 1), target (1, 1, 1, 2), from the same location:
+    areas 8 and 6, intersection 2 x 2 = 4, union 10, enclosing box 4 x 3 = 12."""
+    pred = torch.tensor([[3.0, 1.0, 1.0, 1.0]])
+    target = torch.tensor([[1.0, 1.0, 1.0, 2.0]])
+    for s, iou in ((0.0, 4 / 10), (1.0, 5 / 11), (2.5, 6.5 / 12.5)):
+        torch.testing.assert_close(box_regression_loss(pred, target, "iou", s), torch.tensor([-math.log(iou)]))
+        expected_giou = 1 - (iou - (12 - 10) / 12)
+        torch.testing.assert_close(box_regression_loss(pred, target, "giou", s), torch.tensor([expected_giou]))
+
+
+def test_iou_loss_smoothing_only_for_iou_and_giou():
+    pred = target = torch.ones(1, 4)
+    for loss_type in ("diou", "ciou"):
+        with pytest.raises(ValueError, match="IOU_LOSS_SMOOTHING"):
+            box_regression_loss(pred, target, loss_type, 1.0)
+    with pytest.raises(ValueError, match="IOU_LOSS_SMOOTHING must be >= 0"):
+        box_regression_loss(pred, target, "iou", -1.0)
