@@ -14,43 +14,74 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
-from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
+from torchvision.ops import nms
+from detectron2.data import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
 
 import fcos_d2  # noqa: F401  (registers FCOS and the built-in datasets)
-from train_net import build_config
+from fcos_d2.checkpoint import check_num_classes
+from fcos_d2.classes import ModelClasses, classes_for_weights
+from fcos_d2.coco_dataset import register_coco_datasets
+from fcos_d2.config import setup_cfg
+from fcos_d2.image_io import read_image
 
 DRAWN_SIZE = 512  # pixels on the longer side of a drawn image, at least
+# Drawing only: of detections overlapping more than this (any classes), only the best-scored
+# is drawn, so the label a person reads on an object is the model's best guess for it.
+# detections.json keeps every detection.
+DRAWING_OVERLAP = 0.7
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 logger = logging.getLogger("fcos_d2.demo")
 
 
-def expand_inputs(inputs: List[str]) -> List[Path]:
-    """Files as given, and the images inside any directory given, in sorted order."""
-    paths: List[Path] = []
+def expand_inputs(inputs: List[str], recursive: bool = False) -> List[Tuple[Path, str]]:
+    """(image path, name of its drawn output) for the files given and the images inside
+    the directories given, in sorted order.
+
+    An output is named after its image with the extension kept (``a.jpg`` ->
+    ``a.jpg.png``), with its path below the directory it was found in; names that would
+    collide get a suffix. Subdirectories are walked with ``recursive``, else reported.
+    """
+    found: List[Tuple[Path, str]] = []
     for item in map(Path, inputs):
-        if item.is_dir():
-            paths.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            paths.append(item)
-    return paths
+        if not item.is_dir():
+            found.append((item, item.name))
+            continue
+        children = sorted(item.rglob("*") if recursive else item.iterdir())
+        found += [(p, str(p.relative_to(item))) for p in children
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        subdirectories = [p.name for p in children if p.is_dir()]
+        if subdirectories and not recursive:
+            logger.warning("%s: %d subdirectories not read (%s); --recursive reads them",
+                           item, len(subdirectories), ", ".join(subdirectories[:5]))
+    used: Dict[str, int] = {}
+    result = []
+    for path, name in found:
+        output = name + ".png"
+        if output in used:
+            used[output] += 1
+            output = f"{name}-{used[output]}.png"
+        used.setdefault(output, 0)
+        result.append((path, output))
+    return result
 
 
-def detections_to_json(instances, class_names: List[str]) -> List[Dict]:
-    """Plain-Python detections: box (x0, y0, x1, y1), score, class id and name."""
+def detections_to_json(instances, classes: Optional[ModelClasses]) -> List[Dict]:
+    """Plain-Python detections: box (x0, y0, x1, y1), score, the model's class index,
+    the training set's category id and the class name."""
     instances = instances.to("cpu")
     return [
         {
             "bbox": [round(v, 2) for v in box.tolist()],
             "score": round(float(score), 4),
             "class_id": int(cls),
-            "class_name": class_names[int(cls)] if int(cls) < len(class_names) else str(int(cls)),
+            "category_id": classes.category_id(int(cls)) if classes else int(cls),
+            "class_name": classes.name(int(cls)) if classes else str(int(cls)),
         }
         for box, score, cls in zip(
             instances.pred_boxes.tensor, instances.scores, instances.pred_classes
@@ -58,18 +89,34 @@ def detections_to_json(instances, class_names: List[str]) -> List[Dict]:
     ]
 
 
-def predict_images(cfg, paths: List[Path], output_dir: str, confidence_threshold: float):
-    """Detect on each image and write ``<stem>.png`` (boxes drawn) and ``detections.json``.
+def best_per_object(instances):
+    """The detections to draw: a class-agnostic NMS at ``DRAWING_OVERLAP``, best first.
+
+    Class-aware NMS lets a low-scored detection of another class sit on the same object;
+    drawn, its label can cover the right one.
+    """
+    keep = nms(instances.pred_boxes.tensor, instances.scores, DRAWING_OVERLAP)
+    return instances[keep]
+
+
+def predict_images(cfg, paths: List, output_dir: str, confidence_threshold: float):
+    """Detect on each image and write it drawn, and ``detections.json``.
+
+    Args:
+        paths: image paths (drawn as ``<name>.png``) or (path, output name) pairs, as
+            :func:`expand_inputs` gives them.
 
     Returns:
         (detections by image path, the paths that could not be read).
     """
     os.makedirs(output_dir, exist_ok=True)
     predictor = DefaultPredictor(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
-    class_names = metadata.get("thing_classes", [])
+    check_num_classes(predictor.model, cfg.MODEL.WEIGHTS, fine_tuning=False)
+    classes = classes_for_weights(cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    metadata = Metadata(name="fcos_d2_demo", thing_classes=classes.names if classes else [])
     results, skipped = {}, []
-    for path in paths:
+    for entry in paths:
+        path, output_name = entry if isinstance(entry, tuple) else (Path(entry), Path(entry).name + ".png")
         try:
             image = read_image(str(path), format="BGR")
         except Exception as e:  # PIL raises several types for unreadable files
@@ -82,9 +129,11 @@ def predict_images(cfg, paths: List[Path], output_dir: str, confidence_threshold
         # Small images are drawn enlarged so the labels stay readable.
         scale = max(1.0, DRAWN_SIZE / max(image.shape[:2]))
         visualizer = Visualizer(image[:, :, ::-1], metadata=metadata, scale=scale)
-        drawn = visualizer.draw_instance_predictions(instances.to("cpu"))
-        drawn.save(os.path.join(output_dir, path.stem + ".png"))
-        results[str(path)] = detections_to_json(instances, class_names)
+        drawn = visualizer.draw_instance_predictions(best_per_object(instances.to("cpu")))
+        output_path = os.path.join(output_dir, output_name)
+        os.makedirs(os.path.dirname(output_path), exist_ok=True)
+        drawn.save(output_path)
+        results[str(path)] = detections_to_json(instances, classes)
     with open(os.path.join(output_dir, "detections.json"), "w") as f:
         json.dump(results, f, indent=1)
     return results, skipped
@@ -96,6 +145,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", nargs="+", required=True, help="images and/or directories")
     parser.add_argument("--output", required=True, help="directory for the results")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
+    parser.add_argument("--recursive", action="store_true", help="read subdirectories too")
+    parser.add_argument(
+        "--register-coco", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset, as train_net.py does (for DATASETS.TEST names)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
 
@@ -103,8 +157,9 @@ def argument_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = argument_parser().parse_args(argv)
     setup_logger(name="fcos_d2")
-    cfg = build_config(args.config_file, args.opts)
-    paths = expand_inputs(args.input)
+    register_coco_datasets(args.register_coco)
+    cfg = setup_cfg(args.config_file, args.opts)
+    paths = expand_inputs(args.input, args.recursive)
     results, skipped = predict_images(cfg, paths, args.output, args.confidence_threshold)
     print(f"{len(results)} images written to {args.output}; {len(skipped)} skipped")
     for path in skipped:

@@ -1,19 +1,32 @@
-"""Detectron2's DatasetMapper, keeping crowd boxes so FCOS can ignore them."""
+"""Detectron2's DatasetMapper, keeping crowd boxes so FCOS can ignore them, and reading
+16-bit images right."""
 
 import torch
 from detectron2.data import DatasetMapper
 from detectron2.data import detection_utils as utils
 from detectron2.structures import Instances
 
+from .image_io import eight_bit_reading
+
 _CROWD_KEYS = ("bbox", "bbox_mode", "category_id")
 
 
-class CrowdAwareDatasetMapper(DatasetMapper):
+class EightBitDatasetMapper(DatasetMapper):
+    """Detectron2's :class:`DatasetMapper`, with 16-bit images scaled to 8 bits
+    (:mod:`fcos_d2.image_io`) instead of clipped to white."""
+
+    def __call__(self, dataset_dict):
+        with eight_bit_reading():
+            return super().__call__(dataset_dict)
+
+
+class CrowdAwareDatasetMapper(EightBitDatasetMapper):
     """Like :class:`DatasetMapper`, but crowd annotations (``iscrowd=1``) are kept.
 
     Detectron2's mapper drops them, which makes the locations they cover negatives by
     accident. Here they are appended to ``instances`` (boxes and classes only) and
     flagged by a bool field ``gt_is_crowd``; FCOS ignores the locations they cover.
+    16-bit images are scaled to 8 bits, as in :class:`EightBitDatasetMapper`.
     """
 
     def _transform_annotations(self, dataset_dict, transforms, image_shape):

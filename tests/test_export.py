@@ -187,6 +187,35 @@ def test_tool_exports_a_checkpoint_and_checks_it(model, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     assert output.is_file() and "[ok]" in out and "MISMATCH" not in out
+    assert "px high and wide" in out and "(64, 96) image" in out  # dynamic by default
+
+
+def test_tool_stores_the_contract_and_the_training_classes(model, tmp_path, capsys):
+    """Dynamic sizes by default; the file carries the input/output contract and the class
+    names and category ids of the classes.json beside the checkpoint (ONNX and .pt2)."""
+    import json
+
+    import onnx
+
+    from fcos_d2.classes import ModelClasses, write_classes
+
+    DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
+    write_classes(str(tmp_path), ModelClasses(["a", "b", "c", "d"], [7, 42, 3, 9], "own_train"))
+    common = [*OPTS, "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.DEVICE", "cpu"]
+    onnx_path, pt2_path = tmp_path / "fcos.onnx", tmp_path / "fcos.pt2"
+    for fmt, path in (("onnx", onnx_path), ("torch.export", pt2_path)):
+        code = _load_tool().main(["--config-file", str(QUICK_CONFIG), "--format", fmt,
+                                  "--output", str(path), "--height", "64", "--width", "96", *common])
+        out = capsys.readouterr().out
+        assert code == 0 and "[ok]" in out and "MISMATCH" not in out, out
+        assert "-4096 px high and wide" in out  # dynamic by default: checked at a second size too
+    stored = {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props}["fcos_d2"]
+    extra = {"fcos_d2.json": ""}
+    torch.export.load(str(pt2_path), extra_files=extra)
+    for contract in (json.loads(stored), json.loads(extra["fcos_d2.json"])):
+        assert contract["class_names"] == ["a", "b", "c", "d"] and contract["category_ids"] == [7, 42, 3, 9]
+        assert contract["input"]["channel_order"] == "BGR" and contract["input"]["range"].startswith("0-255")
+        assert set(contract["outputs"]) == {"boxes", "scores", "classes"}
 
 
 def test_tool_errors_name_the_file_at_fault(tmp_path, capsys):
@@ -200,3 +229,24 @@ def test_tool_errors_name_the_file_at_fault(tmp_path, capsys):
                       "--output", str(tmp_path / "a.pt2"), "MODEL.WEIGHTS", str(missing_weights),
                       "MODEL.DEVICE", "cpu"]) == 2
     assert str(missing_weights) in capsys.readouterr().err
+
+
+def test_comparison_of_detections_can_fail(eager):
+    """Negative controls for ``compare_detections().agrees()``, on the eager detections: a box
+    moved past the tolerance, a class swapped, an extra detection each make it fail."""
+    boxes, scores, classes = (x.clone() for x in eager)
+    assert compare_detections(eager, (boxes, scores, classes)).agrees()
+    shifted = boxes.clone()
+    shifted[3, 0] += 0.05  # 5x the box tolerance
+    assert not compare_detections(eager, (shifted, scores, classes)).agrees()
+    swapped = classes.clone()
+    swapped[0] += 1  # another class
+    assert not compare_detections(eager, (boxes, scores, swapped)).agrees()
+    extra = (torch.cat([boxes, boxes[:1] + 1]), torch.cat([scores, scores[:1] * 0.5]),
+             torch.cat([classes, classes[:1]]))
+    assert not compare_detections(eager, extra).agrees()
+    rescored = scores.clone()
+    rescored[5] += 1e-3  # 10x the score tolerance
+    assert not compare_detections(eager, (boxes, rescored, classes)).agrees()
+    empty = (boxes[:0], scores[:0], classes[:0])
+    assert compare_detections(empty, empty).agrees() and not compare_detections(eager, empty).agrees()

@@ -5,26 +5,32 @@
         --format onnx --output fcos.onnx [--height 128 --width 128] [--input image.png] \\
         [--dynamic] MODEL.WEIGHTS output/demo/model_final.pth
 
-The exported program maps one image (3, H, W), float 0-255 in the config's INPUT.FORMAT
-channel order, to ``boxes`` (D, 4) in input pixels, ``scores`` (D,) and ``classes`` (D,)
-(see ``fcos_d2.export.FCOSExportModule``). ``--format torch.export`` writes a ``.pt2``
+The exported program maps one image (3, H, W), float32 0-255 in the config's INPUT.FORMAT
+channel order (BGR unless the config says RGB), not normalised and not resized (resize it as
+the model was evaluated: short side INPUT.MIN_SIZE_TEST, long side at most MAX_SIZE_TEST),
+to ``boxes`` (D, 4) as x0, y0, x1, y1 in the pixels of the image given, ``scores`` (D,) and
+``classes`` (D,) int64, best first (see ``fcos_d2.export.FCOSExportModule``). Class i is
+``class_names[i]``, category ``category_ids[i]`` of the training set: both are stored in
+the file (ONNX metadata_props / .pt2 extra file, key "fcos_d2"), from the classes.json
+written beside the checkpoint at training time (else DATASETS.TEST[0]'s classes). ``--format torch.export`` writes a ``.pt2``
 (``torch.export.save``; read it with ``torch.export.load(PATH).module()``); ``onnx`` writes
 an ONNX model with input ``image`` and those three outputs.
 
 The file written is read back and run on a sample image (``--input``, else smooth noise)
 next to the eager model; the detections must agree (same count and classes, scores within
-1e-4, boxes within 1e-2 px after sorting by score), else the exit status is 1. Without
-``--dynamic`` the program takes only the export size (``--height`` / ``--width``, by
-default the config's INPUT.MIN_SIZE_TEST square, or the size of ``--input``).
+1e-4, boxes within 1e-2 px after sorting by score), else the exit status is 1. By default
+the program takes any size from the coarsest stride + 1 to 4096 px; with ``--static`` only
+the export size (``--height`` / ``--width``, by default the config's INPUT.MIN_SIZE_TEST
+square, or the size of ``--input``).
 """
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
 import warnings
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
@@ -32,8 +38,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
@@ -41,15 +45,20 @@ from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 from fcos_d2.export import (  # noqa: E402
+    CONTRACT_KEY,
     FCOSExportModule,
     compare_detections,
     dynamic_image_shapes,
+    export_contract,
     export_program,
     instances_to_tensors,
     sample_image,
 )
 from fcos_d2.meta_arch import FCOS  # noqa: E402
-from train_net import build_config  # noqa: E402
+from fcos_d2.checkpoint import NumClassesError, check_num_classes  # noqa: E402
+from fcos_d2.classes import classes_for_weights  # noqa: E402
+from fcos_d2.coco_dataset import DatasetError, register_coco_datasets  # noqa: E402
+from fcos_d2.config import setup_cfg  # noqa: E402
 
 FORMATS = ("onnx", "torch.export")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
@@ -66,7 +75,7 @@ def load_model(config_file: str, opts: List[str]) -> Tuple[FCOS, CfgNode]:
     if not os.path.isfile(config_file):
         raise ExportError(f"{config_file}: no such config file")
     try:
-        cfg = build_config(config_file, opts)
+        cfg = setup_cfg(config_file, opts)
     except Exception as e:  # yacs raises KeyError, ValueError, AssertionError ...
         raise ExportError(f"{config_file} (with options {opts}): not a valid config: {e!r}") from e
     if cfg.MODEL.META_ARCHITECTURE != "FCOS":
@@ -81,6 +90,10 @@ def load_model(config_file: str, opts: List[str]) -> Tuple[FCOS, CfgNode]:
     else:
         if "://" not in weights and not os.path.isfile(weights):
             raise ExportError(f"{weights} (MODEL.WEIGHTS): no such file")
+        try:
+            check_num_classes(model, weights, fine_tuning=False)
+        except NumClassesError as e:
+            raise ExportError(str(e)) from e
         try:
             DetectionCheckpointer(model).load(weights)
         except Exception as e:
@@ -117,7 +130,7 @@ def require_onnx() -> None:
 
 
 def export_torch(
-    module: FCOSExportModule, image: Tensor, output: str, dynamic: bool, source: str
+    module: FCOSExportModule, image: Tensor, output: str, dynamic: bool, source: str, contract: dict
 ):
     """``torch.export`` ``module`` to ``output`` (.pt2); returns the program read back from it.
 
@@ -130,7 +143,7 @@ def export_torch(
             f"torch.export of the model of {source} failed: {type(e).__name__}: {e}"
         ) from e
     try:
-        torch.export.save(program, output)
+        torch.export.save(program, output, extra_files={f"{CONTRACT_KEY}.json": json.dumps(contract)})
     except Exception as e:  # torch.export.save raises RuntimeError for an unwritable path
         raise ExportError(f"{output}: cannot be written: {e}") from e
     try:
@@ -148,7 +161,7 @@ def export_torch(
 
 
 def export_onnx(
-    module: FCOSExportModule, image: Tensor, output: str, dynamic: bool, source: str
+    module: FCOSExportModule, image: Tensor, output: str, dynamic: bool, source: str, contract: dict
 ):
     """Export ``module`` to ``output`` (.onnx); returns an onnxruntime session's runner of it.
 
@@ -175,6 +188,9 @@ def export_onnx(
         ) from e
     try:
         program.save(output)
+        written = onnx.load(output)
+        onnx.helper.set_model_props(written, {CONTRACT_KEY: json.dumps(contract)})
+        onnx.save(written, output)
     except Exception as e:
         raise ExportError(f"{output}: cannot be written: {e}") from e
     try:
@@ -215,11 +231,16 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--height", type=int, help="input height of the export (with --width)")
     parser.add_argument("--width", type=int, help="input width of the export (with --height)")
     parser.add_argument("--input", metavar="IMAGE", help="the image to check on (default: noise)")
-    parser.add_argument(
-        "--dynamic",
-        action="store_true",
+    sizes = parser.add_mutually_exclusive_group()
+    sizes.add_argument(
+        "--dynamic", action="store_true",
         help="export for any input height and width from the coarsest level's stride + 1 "
-        "up to 4096 (else for the export size only)",
+        "up to 4096 (the default)",
+    )
+    sizes.add_argument("--static", action="store_true", help="export for the export size only")
+    parser.add_argument(
+        "--register-coco", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset, as train_net.py does (for DATASETS.TEST names)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
@@ -228,6 +249,11 @@ def argument_parser() -> argparse.ArgumentParser:
 def run(args) -> int:
     if args.format == "onnx":
         require_onnx()  # before the model is built
+    args.dynamic = not args.static
+    try:
+        register_coco_datasets(args.register_coco)
+    except DatasetError as e:
+        raise ExportError(str(e)) from e
     if (args.height is None) != (args.width is None):
         raise ExportError("--height and --width go together")
     size = None if args.height is None else (args.height, args.width)
@@ -241,7 +267,7 @@ def run(args) -> int:
         raise ExportError(
             f"--dynamic exports for images of at least {min_size} px each side (this model's "
             f"coarsest stride + 1); the export image is {tuple(image.shape[-2:])}: pass a "
-            "larger --height / --width, or leave --dynamic out for a fixed size"
+            "larger --height / --width, or --static for a fixed size"
         )
     module = FCOSExportModule(model).eval()
     try:
@@ -249,13 +275,18 @@ def run(args) -> int:
     except OSError as e:
         raise ExportError(f"{args.output}: cannot create its directory: {e}") from e
 
+    classes = classes_for_weights(cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    contract = export_contract(model, cfg, classes, args.dynamic, tuple(image.shape[-2:]))
     exporter = export_onnx if args.format == "onnx" else export_torch
-    exported = exporter(module, image, args.output, args.dynamic, args.config_file)
+    exported = exporter(module, image, args.output, args.dynamic, args.config_file, contract)
     if args.dynamic:
         sizes = f"{min_size}-{size_range.max} px high and wide"
     else:
         sizes = f"{tuple(image.shape[-2:])}"
     print(f"{args.format}: wrote {args.output} for {sizes} images")
+    print(f"  input: (3, H, W) float32 0-255 in {cfg.INPUT.FORMAT} order; outputs: boxes (x0, y0, x1, y1) "
+          f"in input pixels, scores, class indices into {contract['class_names'] or 'no recorded names'} "
+          f"(category ids {contract['category_ids']}); stored under {CONTRACT_KEY!r} in the file")
 
     failed = False
     for x in check_sizes(image, args.dynamic, min_size):
