@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fcos_d2-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo clean gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -21,6 +21,14 @@ test: setup
 
 demo: setup
 	$(PY) tools/run_demo.py
+
+# Wheels for a lent GPU machine (no network there; torch is already installed): carry .whl/.
+gpu-wheels: setup
+	PYTHON=$(PY) bash tools/offline_wheels.sh .whl 3.12
+
+# On the GPU machine: bash tools/gpu_check.sh (results under $$OUT). Here: the CPU dry run.
+gpu-check: setup
+	PYTHON=$(PY) bash tools/gpu_check.sh --dry-run
 
 clean:
 	rm -rf output

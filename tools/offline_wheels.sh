@@ -5,9 +5,11 @@
 # opencv-python-headless.
 #
 #   tools/offline_wheels.sh DIR [PYTHON_VERSION]     # on a machine with network; default 3.12
-# then, on the offline machine, from the repository root:
+# then, on the offline machine, from the repository root, either tools/gpu_check.sh (which
+# installs from .whl/ what is missing) or by hand:
 #   pip install --no-index --no-deps --target /tmp/site DIR/*.whl
 #   PYTHONPATH=/tmp/site:. python3 tools/benchmark.py --device cuda
+# `make gpu-wheels` writes them to .whl/ (ignored by git; carry it to the GPU machine).
 #
 # Detectron2 comes from the sal-detectron2 wheel renamed to py3, as in install_detectron2.sh.
 set -euo pipefail
