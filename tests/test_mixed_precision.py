@@ -18,6 +18,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import train_net
+from fcos_d2.config import setup_cfg
 from conftest import QUICK_CONFIG, load_config, make_instances
 
 HEIGHT, WIDTH = 384, 512
@@ -101,7 +102,7 @@ def test_amp_without_a_gpu_falls_back_to_float32_with_a_warning(monkeypatch, cap
     # setup_logger (train_net, demo) stops propagation, which caplog relies on.
     monkeypatch.setattr(logging.getLogger("fcos_d2"), "propagate", True)
     with caplog.at_level(logging.WARNING, logger="fcos_d2"):
-        cfg = train_net.build_config(
+        cfg = setup_cfg(
             str(QUICK_CONFIG), ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda"]
         )
     assert cfg.MODEL.DEVICE == "cpu"

@@ -55,6 +55,38 @@ def test_r50_parameter_count_matches_detectron2_fcos_plus_scales():
     assert count(model) == count(reference) + 5
 
 
+def _centerness_reads_box_tower(model) -> bool:
+    """Whether changing the box tower changes the centerness output (it reads that tower)."""
+    features = [torch.randn(1, model.head.cls_logits.in_channels, 8, 8)]
+    model.eval()
+    with torch.no_grad():
+        before = model.head(features)[2][0].clone()
+        for module in model.head.box_tower.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.add_(torch.randn_like(module.weight))
+        after = model.head(features)[2][0]
+    return not torch.equal(before, after)
+
+
+def _norm_layers(model):
+    return [m for m in model.head.cls_tower.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+
+
+# What each option set must visibly change in the built model.
+OPTION_EFFECTS = {
+    "default": lambda m: isinstance(_norm_layers(m)[0], torch.nn.GroupNorm) and m.head.scales is not None
+    and _centerness_reads_box_tower(m),
+    "bn": lambda m: isinstance(_norm_layers(m)[0], torch.nn.BatchNorm2d),
+    "no-norm-no-scale": lambda m: not _norm_layers(m) and m.head.scales is None,
+    "shared-conv": lambda m: any(isinstance(x, torch.nn.Conv2d) for x in m.head.share_tower.modules())
+    and not _centerness_reads_box_tower(m),
+    "exp-iou": lambda m: not m.norm_reg_targets and m.box_loss_type == "iou",
+    "deformable": lambda m: any(isinstance(x, DeformableConv3x3) for x in m.head.modules())
+    and m.box_loss_type == "ciou",
+    "no-sampling": lambda m: m.center_sampling_radius == 0.0 and m.box_loss_type == "diou",
+}
+
+
 @pytest.mark.parametrize(
     "opts",
     [
@@ -66,13 +98,17 @@ def test_r50_parameter_count_matches_detectron2_fcos_plus_scales():
         ["MODEL.FCOS.USE_DEFORMABLE", "True", "MODEL.FCOS.BOX_LOSS_TYPE", "ciou"],
         ["MODEL.FCOS.CENTER_SAMPLING_RADIUS", "0.0", "MODEL.FCOS.BOX_LOSS_TYPE", "diou"],
     ],
-    ids=["default", "bn", "no-norm-no-scale", "shared-conv", "exp-iou", "deformable", "no-sampling"],
+    ids=list(OPTION_EFFECTS),
 )
-def test_half_empty_batch_trains_and_infers(opts):
-    model = build_model(load_config(opts=opts))
+def test_half_empty_batch_trains_and_infers(opts, request):
+    # Score threshold 0: an untrained head scores about PRIOR_PROB, so inference has work to do.
+    model = build_model(load_config(opts=[*opts, "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]))
+    assert OPTION_EFFECTS[request.node.callspec.id](model)
+    model = build_model(load_config(opts=[*opts, "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]))
     losses = train_step(model, synthetic_batch())
     assert set(losses) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}
     assert all(torch.isfinite(v) for v in losses.values())
+    assert losses["loss_fcos_loc"] > 0  # the image with boxes has positives
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
     model.eval()
@@ -81,9 +117,10 @@ def test_half_empty_batch_trains_and_infers(opts):
     for output in outputs:
         instances = output["instances"]
         assert instances.image_size == (32, 48)  # rescaled by detector_postprocess
-        assert len(instances) <= 100
+        assert 0 < len(instances) <= 100
         boxes = instances.pred_boxes.tensor
-        assert (boxes[:, 2] <= 48).all() and (boxes[:, 3] <= 32).all()
+        assert torch.isfinite(boxes).all() and instances.pred_boxes.nonempty().all()
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 48).all() and (boxes[:, 3] <= 32).all()
 
 
 def test_deformable_head_uses_deformable_convs():

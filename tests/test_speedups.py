@@ -1,5 +1,7 @@
-"""The speed-ups compute the same function: detections and losses before and after."""
+"""The speed-ups compute the same function: detections and losses before and after, for
+each speed-up alone and together; the location grid is cached per feature size."""
 
+import pytest
 import torch
 from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
@@ -10,19 +12,35 @@ from conftest import CONFIGS, load_config, make_instances, randomize_frozen_bn
 
 PLAIN = ["MODEL.FCOS.CHANNELS_LAST", "False", "MODEL.FCOS.FOLD_FROZEN_BN", "False"]
 FAST = ["MODEL.FCOS.CHANNELS_LAST", "True", "MODEL.FCOS.FOLD_FROZEN_BN", "True"]
+# Each speed-up alone, and both together.
+SPEEDUPS = {
+    "channels-last": ["MODEL.FCOS.CHANNELS_LAST", "True", "MODEL.FCOS.FOLD_FROZEN_BN", "False"],
+    "fold-frozen-bn": ["MODEL.FCOS.CHANNELS_LAST", "False", "MODEL.FCOS.FOLD_FROZEN_BN", "True"],
+    "both": FAST,
+}
 # R-50 with frozen BN (the COCO configs), narrowed so the test stays fast.
 SMALL_R50 = ["MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FCOS.NUM_CLS_CONVS", "2", "MODEL.FCOS.NUM_BOX_CONVS", "2",
              "MODEL.FCOS.NUM_CLASSES", "5", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
 
 
-def randomized_pair():
+def randomized_pair(fast_options=FAST):
     """The same random weights (frozen BN statistics included) in a plain and a fast model."""
     torch.manual_seed(0)
     plain = build_model(load_config(CONFIGS / "FCOS_R_50_1x.yaml", [*SMALL_R50, *PLAIN]))
     randomize_frozen_bn(plain)
-    fast = build_model(load_config(CONFIGS / "FCOS_R_50_1x.yaml", [*SMALL_R50, *FAST]))
+    fast = build_model(load_config(CONFIGS / "FCOS_R_50_1x.yaml", [*SMALL_R50, *fast_options]))
     fast.load_state_dict(plain.state_dict())
     return plain, fast
+
+
+@pytest.mark.parametrize("name", list(SPEEDUPS))
+def test_each_speedup_takes_effect_and_keeps_the_state_dict_keys(name):
+    plain, fast = randomized_pair(SPEEDUPS[name])
+    folded = sum(isinstance(m, FrozenBNFoldedConv2d) for m in fast.modules())
+    assert folded == (53 if name != "channels-last" else 0)  # R-50's frozen BNs
+    channels_last = fast.head.cls_logits.weight.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last == (name != "fold-frozen-bn") and fast.channels_last == channels_last
+    assert plain.state_dict().keys() == fast.state_dict().keys()
 
 
 def test_fast_model_folds_every_frozen_bn_and_keeps_the_state_dict_keys():
@@ -33,8 +51,9 @@ def test_fast_model_folds_every_frozen_bn_and_keeps_the_state_dict_keys():
     assert plain.state_dict().keys() == fast.state_dict().keys()
 
 
-def test_detections_are_the_same():
-    plain, fast = randomized_pair()
+@pytest.mark.parametrize("name", list(SPEEDUPS))
+def test_detections_are_the_same(name):
+    plain, fast = randomized_pair(SPEEDUPS[name])
     images = [{"image": torch.rand(3, 128, 160) * 255}, {"image": torch.rand(3, 96, 128) * 255}]
     with torch.no_grad():
         before = [o["instances"] for o in plain.eval()(images)]
@@ -46,8 +65,9 @@ def test_detections_are_the_same():
         assert torch.equal(a.pred_classes, b.pred_classes)
 
 
-def test_training_losses_and_gradients_are_the_same():
-    plain, fast = randomized_pair()
+@pytest.mark.parametrize("name", list(SPEEDUPS))
+def test_training_losses_and_gradients_are_the_same(name):
+    plain, fast = randomized_pair(SPEEDUPS[name])
     batch = [{"image": torch.rand(3, 128, 128) * 255,
               "instances": make_instances((128, 128), [[10, 12, 70, 90], [60, 40, 120, 100]], [1, 4])}]
     results = []
@@ -63,3 +83,17 @@ def test_training_losses_and_gradients_are_the_same():
     assert grads_a.keys() == grads_b.keys()
     for name in grads_a:
         torch.testing.assert_close(grads_b[name], grads_a[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+def test_location_grid_is_built_once_per_feature_size():
+    model = build_model(load_config())
+    features = [torch.zeros(1, 1, 8, 10), torch.zeros(1, 1, 4, 5), torch.zeros(1, 1, 2, 3)]
+    first = model.location_grid(features)
+    assert model.location_grid([f.clone() for f in features]) is first  # cached by size
+    other = model.location_grid([torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)])
+    assert other is not first and len(other.points) == 64 + 16 + 4
+    from fcos_d2.targets import make_location_grid
+
+    fresh = make_location_grid([(8, 10), (4, 5), (2, 3)], model.strides, model.sizes_of_interest,
+                               model.location_offset, torch.device("cpu"))
+    assert torch.equal(first.points, fresh.points)

@@ -38,9 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 import detectron2  # noqa: E402
 import fvcore  # noqa: E402
@@ -58,7 +55,7 @@ from torch import Tensor, nn  # noqa: E402
 from torchvision.models.detection import fcos_resnet50_fpn  # noqa: E402
 from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
-import train_net  # noqa: E402
+from fcos_d2.config import setup_cfg  # noqa: E402
 from fcos_d2.targets import assign_targets  # noqa: E402
 
 MODELS = ("fcos_d2", "d2_fcos", "tv_fcos", "d2_mask_rcnn")
@@ -357,7 +354,7 @@ def build_fcos_d2(args: argparse.Namespace, device: torch.device) -> Contender:
         "MODEL.WEIGHTS", "",
         "MODEL.FCOS.SCORE_THRESH_TEST", str(args.score_thresh),
     ]
-    cfg = train_net.build_config(args.config_file, opts)
+    cfg = setup_cfg(args.config_file, opts)
     num_classes = cfg.MODEL.FCOS.NUM_CLASSES
     notes = []
     if num_classes != NUM_CLASSES:
