@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fcos_d2-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test demo clean gpu-wheels gpu-check
+.PHONY: setup test lint demo clean gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -18,6 +18,11 @@ $(STAMP): setup.py tools/install_detectron2.sh
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# House rules (pyproject.toml): ruff's lint and its formatter, line length 100.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 demo: setup
 	$(PY) tools/run_demo.py

@@ -16,14 +16,17 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+# isort: off
+import fcos_d2  # noqa: F401  (first: registers FCOS, silences third-party warnings)
+# isort: on
+
 import torch
-from torchvision.ops import nms
 from detectron2.data import Metadata
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 from detectron2.utils.visualizer import Visualizer
+from torchvision.ops import nms
 
-import fcos_d2  # noqa: F401  (registers FCOS and the built-in datasets)
 from fcos_d2.checkpoint import check_num_classes
 from fcos_d2.classes import ModelClasses, classes_for_weights
 from fcos_d2.coco_dataset import register_coco_datasets
@@ -53,12 +56,19 @@ def expand_inputs(inputs: List[str], recursive: bool = False) -> List[Tuple[Path
             found.append((item, item.name))
             continue
         children = sorted(item.rglob("*") if recursive else item.iterdir())
-        found += [(p, str(p.relative_to(item))) for p in children
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        found += [
+            (p, str(p.relative_to(item)))
+            for p in children
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        ]
         subdirectories = [p.name for p in children if p.is_dir()]
         if subdirectories and not recursive:
-            logger.warning("%s: %d subdirectories not read (%s); --recursive reads them",
-                           item, len(subdirectories), ", ".join(subdirectories[:5]))
+            logger.warning(
+                "%s: %d subdirectories not read (%s); --recursive reads them",
+                item,
+                len(subdirectories),
+                ", ".join(subdirectories[:5]),
+            )
     used: Dict[str, int] = {}
     result = []
     for path, name in found:
@@ -112,11 +122,15 @@ def predict_images(cfg, paths: List, output_dir: str, confidence_threshold: floa
     os.makedirs(output_dir, exist_ok=True)
     predictor = DefaultPredictor(cfg)
     check_num_classes(predictor.model, cfg.MODEL.WEIGHTS, fine_tuning=False)
-    classes = classes_for_weights(cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    classes = classes_for_weights(
+        cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    )
     metadata = Metadata(name="fcos_d2_demo", thing_classes=classes.names if classes else [])
     results, skipped = {}, []
     for entry in paths:
-        path, output_name = entry if isinstance(entry, tuple) else (Path(entry), Path(entry).name + ".png")
+        path, output_name = (
+            entry if isinstance(entry, tuple) else (Path(entry), Path(entry).name + ".png")
+        )
         try:
             image = read_image(str(path), format="BGR")
         except Exception as e:  # PIL raises several types for unreadable files
@@ -147,7 +161,11 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--recursive", action="store_true", help="read subdirectories too")
     parser.add_argument(
-        "--register-coco", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        "--register-coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format dataset, as train_net.py does (for DATASETS.TEST names)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")

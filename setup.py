@@ -32,6 +32,6 @@ setup(
     extras_require={
         # tools/export.py --format onnx: torch.onnx.export(dynamo=True), checked with onnxruntime.
         "export": ["onnx", "onnxscript", "onnxruntime"],
-        "test": ["pytest", "pytest-timeout", "onnx", "onnxscript", "onnxruntime"],
+        "test": ["pytest", "pytest-timeout", "onnx", "onnxscript", "onnxruntime", "ruff"],
     },
 )

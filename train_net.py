@@ -10,6 +10,10 @@
 
 import logging
 
+# isort: off
+import fcos_d2  # noqa: F401  (first: registers FCOS, silences third-party warnings)
+# isort: on
+
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch

@@ -55,7 +55,9 @@ def check_num_classes(model: nn.Module, weights: str, fine_tuning: bool) -> None
         logger.warning(
             "Fine-tuning: %s was trained for %d classes, MODEL.FCOS.NUM_CLASSES is %d; the "
             "classifier (head.cls_logits) starts from its initialisation, the rest is loaded.",
-            weights, found, expected,
+            weights,
+            found,
+            expected,
         )
         return
     raise NumClassesError(

@@ -64,12 +64,17 @@ def read_classes(path: str) -> ModelClasses:
     try:
         with open(path) as f:
             content = json.load(f)
-        classes = ModelClasses(list(content["names"]), [int(i) for i in content["category_ids"]],
-                               str(content.get("dataset", "")))
+        classes = ModelClasses(
+            list(content["names"]),
+            [int(i) for i in content["category_ids"]],
+            str(content.get("dataset", "")),
+        )
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a readable {CLASSES_FILE} ({e!r})") from e
     if len(classes.names) != len(classes.category_ids):
-        raise ValueError(f"{path}: {len(classes.names)} names but {len(classes.category_ids)} category ids")
+        raise ValueError(
+            f"{path}: {len(classes.names)} names but {len(classes.category_ids)} category ids"
+        )
     return classes
 
 
@@ -83,7 +88,9 @@ def classes_for_weights(weights: str, fallback_dataset: Optional[str]) -> Option
     if fallback_dataset:
         logger.warning(
             "No %s beside MODEL.WEIGHTS %r: naming classes after DATASETS.TEST[0] %r",
-            CLASSES_FILE, weights, fallback_dataset,
+            CLASSES_FILE,
+            weights,
+            fallback_dataset,
         )
         return classes_of_dataset(fallback_dataset)
     return None

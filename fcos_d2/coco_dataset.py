@@ -44,7 +44,11 @@ def check_coco_json(json_file: str) -> dict:
     image_ids = {image["id"] for image in content["images"]}
     for annotation in content["annotations"]:
         bbox = annotation["bbox"]
-        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        if not (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and all(isinstance(v, (int, float)) for v in bbox)
+        ):
             raise DatasetError(
                 f"COCO annotation file {json_file}: annotation id {annotation['id']} has bbox "
                 f"{bbox!r}; expected [x, y, width, height]"
@@ -72,7 +76,9 @@ def _check_entries(json_file: str, section: str, entries, keys) -> None:
     for index, entry in enumerate(entries):
         missing = [key for key in keys if not isinstance(entry, dict) or key not in entry]
         if missing:
-            where = f"id {entry['id']}" if isinstance(entry, dict) and "id" in entry else f"#{index}"
+            where = (
+                f"id {entry['id']}" if isinstance(entry, dict) and "id" in entry else f"#{index}"
+            )
             raise DatasetError(
                 f"COCO annotation file {json_file}: {section[:-1]} {where} lacks {missing}"
             )
@@ -85,16 +91,23 @@ def _polygon_area(polygon: List[float]) -> float:
 
 
 def annotation_area(annotation: dict) -> float:
-    """The area COCO tools use when a file gives none: the polygons' if there are, else the box's."""
+    """The area COCO tools use when a file gives none: the polygons', else the box's."""
     segmentation = annotation.get("segmentation")
-    if isinstance(segmentation, list) and segmentation and all(isinstance(p, list) for p in segmentation):
+    if (
+        isinstance(segmentation, list)
+        and segmentation
+        and all(isinstance(p, list) for p in segmentation)
+    ):
         return float(sum(_polygon_area(p) for p in segmentation if len(p) >= 6))
     return float(annotation["bbox"][2] * annotation["bbox"][3])
 
 
 def _missing_images(content: dict, image_root: str) -> List[str]:
-    return [image["file_name"] for image in content["images"]
-            if not os.path.isfile(os.path.join(image_root, image["file_name"]))]
+    return [
+        image["file_name"]
+        for image in content["images"]
+        if not os.path.isfile(os.path.join(image_root, image["file_name"]))
+    ]
 
 
 def _completed_json(name: str, json_file: str, content: dict) -> Optional[str]:
@@ -115,7 +128,10 @@ def _completed_json(name: str, json_file: str, content: dict) -> Optional[str]:
     os.replace(completed + ".tmp", completed)
     logger.warning(
         "%s: %d annotations lack 'area' or 'iscrowd'; computed from their polygons or boxes "
-        "(iscrowd 0), in a completed copy %s", json_file, len(incomplete), completed,
+        "(iscrowd 0), in a completed copy %s",
+        json_file,
+        len(incomplete),
+        completed,
     )
     return completed
 
@@ -141,7 +157,9 @@ def register_coco_dataset(name: str, json_file: str, image_root: str) -> None:
             f"COCO annotation file {json_file}: {len(missing)} image file(s) not found under "
             f"{image_root}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
         )
-    register_coco_instances(name, {}, _completed_json(name, json_file, content) or json_file, image_root)
+    register_coco_instances(
+        name, {}, _completed_json(name, json_file, content) or json_file, image_root
+    )
 
 
 def register_coco_datasets(specs: Iterable[Tuple[str, str, str]]) -> None:

@@ -8,6 +8,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
 logger = logging.getLogger("fcos_d2")
+_said: set = set()  # fallback warnings already logged by this process
 
 
 def add_fcos_config(cfg: CN) -> None:
@@ -86,7 +87,7 @@ def add_fcos_config(cfg: CN) -> None:
 
 
 def merge_config(config_file: str, opts: Sequence[str] = ()) -> CN:
-    """Config from Detectron2's and the FCOS defaults, the file, and KEY VALUE pairs (not frozen)."""
+    """Config from the Detectron2 and FCOS defaults, the file, and KEY VALUE pairs (not frozen)."""
     cfg = get_cfg()
     add_fcos_config(cfg)
     cfg.merge_from_file(config_file)
@@ -113,10 +114,12 @@ def fall_back_to_available_hardware(cfg: CN) -> List[str]:
 def setup_cfg(config_file: str, opts: Sequence[str] = ()) -> CN:
     """Frozen config from the FCOS defaults, the file, and KEY VALUE pairs, runnable here.
 
-    What the hardware fallbacks change is logged as a warning.
+    What the hardware fallbacks change is logged as a warning, once per process.
     """
     cfg = merge_config(config_file, opts)
     for change in fall_back_to_available_hardware(cfg):
-        logger.warning(change)
+        if change not in _said:
+            _said.add(change)
+            logger.warning(change)
     cfg.freeze()
     return cfg

@@ -47,12 +47,18 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
         # Detectron2's test mapper, but reading 16-bit images right (for every model).
-        return build_detection_test_loader(cfg, dataset_name, mapper=EightBitDatasetMapper(cfg, False))
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=EightBitDatasetMapper(cfg, False)
+        )
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
         # FCOS keeps crowd boxes (to ignore them); every model reads 16-bit images right.
-        mapper = CrowdAwareDatasetMapper if cfg.MODEL.META_ARCHITECTURE == "FCOS" else EightBitDatasetMapper
+        mapper = (
+            CrowdAwareDatasetMapper
+            if cfg.MODEL.META_ARCHITECTURE == "FCOS"
+            else EightBitDatasetMapper
+        )
         return build_detection_train_loader(cfg, mapper=mapper(cfg, True))
 
 
@@ -67,6 +73,9 @@ def check_num_gpus(num_gpus: int) -> None:
     if num_gpus > 1 and num_gpus > found:
         raise SystemExit(
             f"--num-gpus {num_gpus}, but {found} GPU(s) found"
-            + (": run with --num-gpus 1, which trains on the CPU" if found == 0
-               else f": use --num-gpus {found} or fewer")
+            + (
+                ": run with --num-gpus 1, which trains on the CPU"
+                if found == 0
+                else f": use --num-gpus {found} or fewer"
+            )
         )

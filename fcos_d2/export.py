@@ -251,13 +251,19 @@ def export_contract(model: FCOS, cfg, classes, dynamic: bool, export_size: Tuple
             "name": "image",
             "shape": "(3, H, W)",
             "dtype": "float32",
-            "range": "0-255 (not normalised: the program subtracts PIXEL_MEAN, divides by PIXEL_STD)",
+            "range": "0-255 (not normalised: the program subtracts PIXEL_MEAN, divides by "
+            "PIXEL_STD)",
             "channel_order": cfg.INPUT.FORMAT,
-            "sizes": (f"any H and W from {min_size} to 4096" if dynamic
-                      else f"{export_size[0]} x {export_size[1]} only"),
-            "resizing": (f"none inside: the model was evaluated on images resized so that the short "
-                         f"side is {cfg.INPUT.MIN_SIZE_TEST} and the long side at most "
-                         f"{cfg.INPUT.MAX_SIZE_TEST}; boxes come back in the pixels of the image given"),
+            "sizes": (
+                f"any H and W from {min_size} to 4096"
+                if dynamic
+                else f"{export_size[0]} x {export_size[1]} only"
+            ),
+            "resizing": (
+                f"none inside: the model was evaluated on images resized so that the short "
+                f"side is {cfg.INPUT.MIN_SIZE_TEST} and the long side at most "
+                f"{cfg.INPUT.MAX_SIZE_TEST}; boxes come back in the pixels of the image given"
+            ),
         },
         "outputs": {
             "boxes": "(D, 4) float32, x0, y0, x1, y1 in input pixels, best first",

@@ -43,9 +43,7 @@ class DeformableConv3x3(nn.Module):
         return self.conv(x, self.offset(x))
 
 
-def _tower(
-    channels: int, num_convs: int, norm: str, deformable_last: bool
-) -> nn.Sequential:
+def _tower(channels: int, num_convs: int, norm: str, deformable_last: bool) -> nn.Sequential:
     """``num_convs`` x (3x3 conv, norm, ReLU); the last conv deformable if asked."""
     layers: List[nn.Module] = []
     for i in range(num_convs):
@@ -113,9 +111,7 @@ class FCOSHead(nn.Module):
         self.cls_logits = nn.Conv2d(width, num_classes, kernel_size=3, padding=1)
         self.box_pred = nn.Conv2d(width, 4, kernel_size=3, padding=1)
         self.centerness = nn.Conv2d(width, 1, kernel_size=3, padding=1)
-        self.scales = (
-            nn.ModuleList([Scale() for _ in input_shape]) if use_scale else None
-        )
+        self.scales = nn.ModuleList([Scale() for _ in input_shape]) if use_scale else None
         self._init_weights(prior_prob)
 
     @classmethod

@@ -200,8 +200,13 @@ def fcos_inference_single_image(
     """:func:`detect_single_image` (same arguments and ``options``) as ``Instances`` with
     ``pred_boxes``, ``scores`` and ``pred_classes``, best first."""
     boxes, scores, classes = detect_single_image(
-        logits_per_level, box_dists_per_level, centerness_per_level, points_per_level,
-        strides, image_size, **options,
+        logits_per_level,
+        box_dists_per_level,
+        centerness_per_level,
+        points_per_level,
+        strides,
+        image_size,
+        **options,
     )
     result = Instances(tuple(image_size))
     result.pred_boxes = Boxes(boxes)

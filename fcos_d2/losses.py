@@ -56,7 +56,9 @@ def _smoothed_giou_loss(pred: Tensor, target: Tensor, smoothing: float) -> Tenso
     term uses the exact union, as there."""
     intersection, union = _intersection_and_union(pred, target)
     enclosing = torch.max(pred, target)  # (P, 4)
-    enclosing_area = (enclosing[:, 0] + enclosing[:, 2]) * (enclosing[:, 1] + enclosing[:, 3]) + 1e-7
+    enclosing_area = (enclosing[:, 0] + enclosing[:, 2]) * (
+        enclosing[:, 1] + enclosing[:, 3]
+    ) + 1e-7
     iou = (intersection + smoothing) / (union + smoothing)
     return 1 - (iou - (enclosing_area - union) / enclosing_area)
 
@@ -72,7 +74,9 @@ def check_iou_loss_smoothing(loss_type: str, smoothing: float) -> None:
         )
 
 
-def box_regression_loss(pred: Tensor, target: Tensor, loss_type: str, smoothing: float = 0.0) -> Tensor:
+def box_regression_loss(
+    pred: Tensor, target: Tensor, loss_type: str, smoothing: float = 0.0
+) -> Tensor:
     """Per-location box loss between (P, 4) predicted and target distances (l, t, r, b).
 
     ``smoothing`` s makes the IoU of the iou / giou losses (I + s) / (U + s), as the

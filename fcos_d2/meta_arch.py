@@ -167,7 +167,11 @@ class FCOS(DenseDetector):
             if len(self._grids) >= _GRID_CACHE_SIZE:
                 self._grids.clear()
             grid = make_location_grid(
-                sizes, self.strides, self.sizes_of_interest, self.location_offset, features[0].device
+                sizes,
+                self.strides,
+                self.sizes_of_interest,
+                self.location_offset,
+                features[0].device,
             )
             self._grids[key] = grid
         return grid

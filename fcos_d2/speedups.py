@@ -26,7 +26,13 @@ class FrozenBNFoldedConv2d(Conv2d):
             shift = shift + self.bias * scale
         weight = self.weight * scale.reshape(-1, 1, 1, 1)
         x = F.conv2d(
-            x, weight.to(x.dtype), shift.to(x.dtype), self.stride, self.padding, self.dilation, self.groups
+            x,
+            weight.to(x.dtype),
+            shift.to(x.dtype),
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.groups,
         )
         if self.activation is not None:
             x = self.activation(x)

@@ -60,7 +60,9 @@ def make_location_grid(
         points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1))
         count = height * width
         level_strides.append(torch.full((count,), float(stride), device=device))
-        ranges.append(torch.tensor([bounds[level], bounds[level + 1]], device=device).expand(count, 2))
+        ranges.append(
+            torch.tensor([bounds[level], bounds[level + 1]], device=device).expand(count, 2)
+        )
         counts.append(count)
     return LocationGrid(
         points=torch.cat(points),
@@ -110,7 +112,9 @@ def _match_chunk(
     max_dist = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))  # (r, M)
     qualifies &= (max_dist >= size_ranges[:, :1]) & (max_dist <= size_ranges[:, 1:])
     # The smallest qualifying box wins; min() takes the first index on equal areas.
-    candidate_areas = torch.where(qualifies, areas[None, :], torch.full_like(max_dist, float("inf")))
+    candidate_areas = torch.where(
+        qualifies, areas[None, :], torch.full_like(max_dist, float("inf"))
+    )
     min_area, matched = candidate_areas.min(dim=1)  # (r,)
     return torch.isfinite(min_area), matched
 
@@ -123,7 +127,9 @@ def _inside_any(points: Tensor, boxes: Tensor) -> Tensor:
     chunk = max(1, MAX_PAIRS_PER_CHUNK // len(boxes))
     for start in range(0, len(points), chunk):
         sides = _pairwise_sides(points[start : start + chunk], boxes)
-        nearest = torch.minimum(torch.minimum(sides[0], sides[1]), torch.minimum(sides[2], sides[3]))
+        nearest = torch.minimum(
+            torch.minimum(sides[0], sides[1]), torch.minimum(sides[2], sides[3])
+        )
         inside[start : start + chunk] = (nearest > 0).any(dim=1)
     return inside
 

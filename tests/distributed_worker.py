@@ -6,10 +6,9 @@ import sys
 
 import torch
 import torch.distributed as dist
+from conftest import load_config, make_instances
 from detectron2.modeling import build_model
 from detectron2.utils import comm
-
-from conftest import load_config, make_instances
 
 # One CPU-friendly model whose backbone has no batch statistics (FrozenBN, GN head),
 # so splitting the batch over processes changes nothing but the loss normalisers.

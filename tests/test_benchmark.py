@@ -7,28 +7,47 @@ import json
 import math
 import time
 
+import benchmark  # tools/benchmark.py, on sys.path through conftest
 import pytest
 import torch
+from conftest import QUICK_CONFIG
+from detectron2.utils.events import EventStorage
 from torch import nn
 
-from conftest import QUICK_CONFIG
-
-from detectron2.utils.events import EventStorage
-
-import benchmark  # tools/benchmark.py, on sys.path through conftest
-
 TINY = [
-    "--config-file", str(QUICK_CONFIG),
-    "--models", "fcos_d2", "d2_fcos",
-    "--height", "64", "--width", "96",
-    "--train-batch", "2", "--infer-batch", "1",
-    "--num-boxes", "3",
-    "--assign-boxes", "10", "100",
-    "--warmup", "0", "--reps", "1",
-    "--device", "cpu",
+    "--config-file",
+    str(QUICK_CONFIG),
+    "--models",
+    "fcos_d2",
+    "d2_fcos",
+    "--height",
+    "64",
+    "--width",
+    "96",
+    "--train-batch",
+    "2",
+    "--infer-batch",
+    "1",
+    "--num-boxes",
+    "3",
+    "--assign-boxes",
+    "10",
+    "100",
+    "--warmup",
+    "0",
+    "--reps",
+    "1",
+    "--device",
+    "cpu",
 ]
 MEASUREMENT_KEYS = {
-    "seconds", "median_s", "min_s", "max_s", "items_per_call", "peak_mb", "extra_mb"
+    "seconds",
+    "median_s",
+    "min_s",
+    "max_s",
+    "items_per_call",
+    "peak_mb",
+    "extra_mb",
 }
 
 

@@ -15,7 +15,14 @@ def write_coco(path, image_dir, **changes):
     content = {
         "images": [{"id": 1, "file_name": "a.png", "height": 10, "width": 12}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 2, 3, 4], "area": 12, "iscrowd": 0}
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 7,
+                "bbox": [1, 2, 3, 4],
+                "area": 12,
+                "iscrowd": 0,
+            }
         ],
         "categories": [{"id": 7, "name": "thing"}],
     }
@@ -58,18 +65,25 @@ def test_bad_json_is_an_error_naming_the_file(tmp_path, content, message):
 def test_missing_image_dir_is_named(tmp_path):
     write_coco(tmp_path / "ann.json", tmp_path / "images")
     with pytest.raises(DatasetError, match="nowhere"):
-        register_coco_dataset("test_reg_noimg", str(tmp_path / "ann.json"), str(tmp_path / "nowhere"))
+        register_coco_dataset(
+            "test_reg_noimg", str(tmp_path / "ann.json"), str(tmp_path / "nowhere")
+        )
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"category_id": None}, r"annotation id 1 lacks \['category_id'\]"),
-    ({"bbox": [1, 2, 3]}, r"annotation id 1 has bbox \[1, 2, 3\]"),
-    ({"image_id": 5}, r"annotation id 1 refers to image_id 5"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"category_id": None}, r"annotation id 1 lacks \['category_id'\]"),
+        ({"bbox": [1, 2, 3]}, r"annotation id 1 has bbox \[1, 2, 3\]"),
+        ({"image_id": 5}, r"annotation id 1 refers to image_id 5"),
+    ],
+)
 def test_bad_annotation_is_named_by_file_and_id(tmp_path, changes, message):
     write_coco(tmp_path / "ann.json", tmp_path / "images", **changes)
     with pytest.raises(DatasetError, match=message) as error:
-        register_coco_dataset("test_reg_bad_annotation", str(tmp_path / "ann.json"), str(tmp_path / "images"))
+        register_coco_dataset(
+            "test_reg_bad_annotation", str(tmp_path / "ann.json"), str(tmp_path / "images")
+        )
     assert str(tmp_path / "ann.json") in str(error.value)
 
 
@@ -77,7 +91,9 @@ def test_missing_image_file_is_named_before_anything_runs(tmp_path):
     write_coco(tmp_path / "ann.json", tmp_path / "images")
     (tmp_path / "images" / "a.png").unlink()
     with pytest.raises(DatasetError, match=r"1 image file\(s\) not found under .*images: a.png"):
-        register_coco_dataset("test_reg_noimage", str(tmp_path / "ann.json"), str(tmp_path / "images"))
+        register_coco_dataset(
+            "test_reg_noimage", str(tmp_path / "ann.json"), str(tmp_path / "images")
+        )
 
 
 def test_missing_area_is_computed_from_polygon_or_box(tmp_path):
@@ -88,7 +104,9 @@ def test_missing_area_is_computed_from_polygon_or_box(tmp_path):
     register_coco_dataset("test_reg_area_box", str(tmp_path / "box.json"), str(tmp_path / "images"))
     polygon = [1, 2, 4, 2, 4, 6]  # right triangle with legs 3 and 4: area 6
     write_coco(tmp_path / "poly.json", tmp_path / "images", area=None, segmentation=[polygon])
-    register_coco_dataset("test_reg_area_poly", str(tmp_path / "poly.json"), str(tmp_path / "images"))
+    register_coco_dataset(
+        "test_reg_area_poly", str(tmp_path / "poly.json"), str(tmp_path / "images")
+    )
     for name, area in (("test_reg_area_box", 12.0), ("test_reg_area_poly", 6.0)):
         completed = MetadataCatalog.get(name).json_file
         assert completed != str(tmp_path / "box.json")

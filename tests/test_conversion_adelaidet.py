@@ -9,12 +9,11 @@ from typing import Dict
 
 import pytest
 import torch
+from conftest import CONFIGS, load_config
 from detectron2.modeling import build_model
 from torch import Tensor
 
 from fcos_d2.conversion import check_keys, convert_adelaidet_fcos
-
-from conftest import CONFIGS, load_config
 
 CONFIG = CONFIGS / "FCOS_R_50_1x.yaml"  # the AdelaiDet R_50_1x setup, with Scale
 WIDTH, NUM_CLASSES, NUM_LEVELS = 256, 80, 5

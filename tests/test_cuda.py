@@ -13,11 +13,11 @@ import sys
 
 import pytest
 import torch
+from conftest import QUICK_CONFIG, REPO, load_config
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
-from conftest import QUICK_CONFIG, REPO, load_config
 from fcos_d2.config import setup_cfg
 from fcos_d2.datasets import generate_shapes_split
 from fcos_d2.engine import Trainer
@@ -34,7 +34,10 @@ DEVICE = "cuda" if torch.cuda.is_available() else os.environ.get("FCOS_D2_CHECK_
 @pytest.fixture(autouse=True)
 def _device_present():
     if DEVICE is None:
-        pytest.fail("no GPU found: these tests need one (FCOS_D2_CHECK_DEVICE=cpu runs them on the CPU)")
+        pytest.fail(
+            "no GPU found: these tests need one (FCOS_D2_CHECK_DEVICE=cpu runs them on the CPU)"
+        )
+
 
 # CUDA against CPU, float32 with TF32 off: per-location head outputs and candidate boxes.
 SCORE_TOLERANCE = 1e-4
@@ -88,10 +91,17 @@ def test_inference_on_the_device_equals_the_cpu():
         logits, box_dists, centerness = model.flatten_predictions(model.head(features))
         grid = model.location_grid(features)
         candidates = decode_candidates(
-            [x[0] for x in logits], [x[0] for x in box_dists], [x[0, :, 0] for x in centerness],
-            grid.points.split(grid.num_per_level), model.strides, score_thresh=0.0,
+            [x[0] for x in logits],
+            [x[0] for x in box_dists],
+            [x[0, :, 0] for x in centerness],
+            grid.points.split(grid.num_per_level),
+            model.strides,
+            score_thresh=0.0,
         )
-        outputs[name] = ([x.cpu() for x in candidates], instances_to_tensors(model(image)[0]["instances"]))
+        outputs[name] = (
+            [x.cpu() for x in candidates],
+            instances_to_tensors(model(image)[0]["instances"]),
+        )
 
     (cpu_boxes, cpu_scores, _), cpu_detections = outputs["cpu"]
     (dev_boxes, dev_scores, _), dev_detections = outputs["device"]
@@ -99,7 +109,9 @@ def test_inference_on_the_device_equals_the_cpu():
     torch.testing.assert_close(dev_scores, cpu_scores, atol=SCORE_TOLERANCE, rtol=0)
     torch.testing.assert_close(dev_boxes, cpu_boxes, atol=BOX_TOLERANCE, rtol=0)
     difference = compare_detections(cpu_detections, dev_detections)
-    assert difference.expected_count > 10 and difference.agrees(SCORE_TOLERANCE, BOX_TOLERANCE), difference
+    assert difference.expected_count > 10 and difference.agrees(SCORE_TOLERANCE, BOX_TOLERANCE), (
+        difference
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,10 +128,25 @@ def test_mixed_precision_training_steps(tiny_shapes, tmp_path):
 
     if "cuda_check_train" not in DatasetCatalog.list():
         register_coco_dataset("cuda_check_train", *tiny_shapes)
-    cfg = setup_cfg(str(QUICK_CONFIG), [
-        "MODEL.DEVICE", DEVICE, "SOLVER.AMP.ENABLED", "True", "SOLVER.MAX_ITER", "20",
-        "SOLVER.CHECKPOINT_PERIOD", "1000", "DATASETS.TRAIN", "('cuda_check_train',)",
-        "DATASETS.TEST", "()", "OUTPUT_DIR", str(tmp_path)])
+    cfg = setup_cfg(
+        str(QUICK_CONFIG),
+        [
+            "MODEL.DEVICE",
+            DEVICE,
+            "SOLVER.AMP.ENABLED",
+            "True",
+            "SOLVER.MAX_ITER",
+            "20",
+            "SOLVER.CHECKPOINT_PERIOD",
+            "1000",
+            "DATASETS.TRAIN",
+            "('cuda_check_train',)",
+            "DATASETS.TEST",
+            "()",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ],
+    )
     assert cfg.SOLVER.AMP.ENABLED == (DEVICE == "cuda")
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -145,12 +172,32 @@ def test_launch_one_process_end_to_end(tiny_shapes, tmp_path):
     """train_net.py --num-gpus 1 (Detectron2's launch) trains, checkpoints and evaluates."""
     json_path, image_root = tiny_shapes
     command = [
-        sys.executable, str(REPO / "train_net.py"), "--num-gpus", "1",
-        "--register-coco", "tiny_train", json_path, image_root,
-        "--register-coco", "tiny_val", json_path, image_root,
-        "--config-file", str(QUICK_CONFIG), "MODEL.DEVICE", DEVICE, "SOLVER.MAX_ITER", "4",
-        "DATASETS.TRAIN", "('tiny_train',)", "DATASETS.TEST", "('tiny_val',)",
-        "MODEL.FCOS.SCORE_THRESH_TEST", "0.001", "OUTPUT_DIR", str(tmp_path),
+        sys.executable,
+        str(REPO / "train_net.py"),
+        "--num-gpus",
+        "1",
+        "--register-coco",
+        "tiny_train",
+        json_path,
+        image_root,
+        "--register-coco",
+        "tiny_val",
+        json_path,
+        image_root,
+        "--config-file",
+        str(QUICK_CONFIG),
+        "MODEL.DEVICE",
+        DEVICE,
+        "SOLVER.MAX_ITER",
+        "4",
+        "DATASETS.TRAIN",
+        "('tiny_train',)",
+        "DATASETS.TEST",
+        "('tiny_val',)",
+        "MODEL.FCOS.SCORE_THRESH_TEST",
+        "0.001",
+        "OUTPUT_DIR",
+        str(tmp_path),
     ]
     completed = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
     assert completed.returncode == 0, completed.stderr[-3000:]

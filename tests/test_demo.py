@@ -5,10 +5,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from conftest import QUICK_CONFIG
 
 import demo
-
-from conftest import QUICK_CONFIG
 
 
 def test_demo_writes_images_and_json_and_skips_unreadable(tmp_path, capsys):
@@ -21,9 +20,21 @@ def test_demo_writes_images_and_json_and_skips_unreadable(tmp_path, capsys):
     output = tmp_path / "out"
 
     code = demo.main(
-        ["--config-file", str(QUICK_CONFIG), "--input", str(inputs), str(single),
-         "--output", str(output), "--confidence-threshold", "0.0",
-         "MODEL.FCOS.SCORE_THRESH_TEST", "0.0", "MODEL.DEVICE", "cpu"]
+        [
+            "--config-file",
+            str(QUICK_CONFIG),
+            "--input",
+            str(inputs),
+            str(single),
+            "--output",
+            str(output),
+            "--confidence-threshold",
+            "0.0",
+            "MODEL.FCOS.SCORE_THRESH_TEST",
+            "0.0",
+            "MODEL.DEVICE",
+            "cpu",
+        ]
     )
     assert code == 0
     assert (output / "good.png.png").exists() and (output / "single.png.png").exists()
@@ -51,15 +62,31 @@ def test_demo_keeps_extensions_and_reports_or_walks_subdirectories(tmp_path, cap
     walked = demo.expand_inputs([str(inputs)], recursive=True)
     assert [out for _, out in walked] == ["a.jpg.png", "a.png.png", "sub/b.png.png"]
     # The same name from two directories given apart: the second gets a suffix.
-    again = demo.expand_inputs([str(inputs / "a.png"), str(inputs / "sub" / "b.png"), str(inputs / "sub" / "b.png")])
+    again = demo.expand_inputs(
+        [str(inputs / "a.png"), str(inputs / "sub" / "b.png"), str(inputs / "sub" / "b.png")]
+    )
     assert [out for _, out in again] == ["a.png.png", "b.png.png", "b.png-1.png"]
 
     output = tmp_path / "out"
-    code = demo.main(["--config-file", str(QUICK_CONFIG), "--input", str(inputs), "--recursive",
-                      "--output", str(output), "MODEL.DEVICE", "cpu"])
+    code = demo.main(
+        [
+            "--config-file",
+            str(QUICK_CONFIG),
+            "--input",
+            str(inputs),
+            "--recursive",
+            "--output",
+            str(output),
+            "MODEL.DEVICE",
+            "cpu",
+        ]
+    )
     assert code == 0
     assert {p.relative_to(output).as_posix() for p in output.rglob("*.png")} == {
-        "a.jpg.png", "a.png.png", "sub/b.png.png"}
+        "a.jpg.png",
+        "a.png.png",
+        "sub/b.png.png",
+    }
 
 
 def test_demo_names_classes_and_ids_as_the_training_set(tmp_path):
@@ -77,24 +104,60 @@ def test_demo_names_classes_and_ids_as_the_training_set(tmp_path):
     own.write_text(json.dumps(content))
     image_root = str(tmp_path / "data" / "own")
     output_dir = tmp_path / "train"
-    args = train_net.argument_parser().parse_args([
-        "--register-coco", "demo_own_train", str(own), image_root, "--config-file", str(QUICK_CONFIG),
-        "MODEL.FCOS.NUM_CLASSES", "2", "DATASETS.TRAIN", "('demo_own_train',)", "DATASETS.TEST", "()",
-        "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", str(output_dir)])
+    args = train_net.argument_parser().parse_args(
+        [
+            "--register-coco",
+            "demo_own_train",
+            str(own),
+            image_root,
+            "--config-file",
+            str(QUICK_CONFIG),
+            "MODEL.FCOS.NUM_CLASSES",
+            "2",
+            "DATASETS.TRAIN",
+            "('demo_own_train',)",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.MAX_ITER",
+            "2",
+            "OUTPUT_DIR",
+            str(output_dir),
+        ]
+    )
     train_net.main(args)
     recorded = json.loads((output_dir / "classes.json").read_text())
-    assert recorded == {"names": ["round", "pointy"], "category_ids": [7, 42], "dataset": "demo_own_train"}
+    assert recorded == {
+        "names": ["round", "pointy"],
+        "category_ids": [7, 42],
+        "dataset": "demo_own_train",
+    }
 
     output = tmp_path / "out"
-    code = demo.main(["--config-file", str(QUICK_CONFIG), "--input", str(Path(image_root) / "000001.png"),
-                      "--output", str(output), "--confidence-threshold", "0.0",
-                      "MODEL.FCOS.NUM_CLASSES", "2", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
-                      "MODEL.WEIGHTS", str(output_dir / "model_final.pth")])
+    code = demo.main(
+        [
+            "--config-file",
+            str(QUICK_CONFIG),
+            "--input",
+            str(Path(image_root) / "000001.png"),
+            "--output",
+            str(output),
+            "--confidence-threshold",
+            "0.0",
+            "MODEL.FCOS.NUM_CLASSES",
+            "2",
+            "MODEL.FCOS.SCORE_THRESH_TEST",
+            "0.0",
+            "MODEL.WEIGHTS",
+            str(output_dir / "model_final.pth"),
+        ]
+    )
     assert code == 0
     detections = next(iter(json.loads((output / "detections.json").read_text()).values()))
     assert detections
     assert {(d["class_id"], d["category_id"], d["class_name"]) for d in detections} <= {
-        (0, 7, "round"), (1, 42, "pointy")}
+        (0, 7, "round"),
+        (1, 42, "pointy"),
+    }
 
 
 def test_only_the_best_detection_of_an_object_is_drawn():
@@ -102,7 +165,9 @@ def test_only_the_best_detection_of_an_object_is_drawn():
     from detectron2.structures import Boxes, Instances
 
     instances = Instances((100, 100))
-    instances.pred_boxes = Boxes(torch.tensor([[10.0, 10, 50, 50], [11, 10, 50, 51], [60, 60, 90, 90]]))
+    instances.pred_boxes = Boxes(
+        torch.tensor([[10.0, 10, 50, 50], [11, 10, 50, 51], [60, 60, 90, 90]])
+    )
     instances.scores = torch.tensor([0.31, 0.75, 0.5])
     instances.pred_classes = torch.tensor([1, 0, 2])  # a wrong-class duplicate on the first object
     drawn = demo.best_per_object(instances)

@@ -14,6 +14,7 @@ from typing import Tuple
 
 import pytest
 import torch
+from conftest import QUICK_CONFIG, REPO, load_config, randomize_frozen_bn
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from torch import Tensor
@@ -26,8 +27,6 @@ from fcos_d2.export import (
     sample_image,
 )
 from fcos_d2.speedups import FrozenBNFoldedConv2d
-
-from conftest import QUICK_CONFIG, REPO, load_config, randomize_frozen_bn
 
 pytestmark = [
     # torchvision's fake nms and torch.export.save; nothing this project can act on.
@@ -180,9 +179,23 @@ def test_tool_exports_a_checkpoint_and_checks_it(model, tmp_path, capsys):
     DetectionCheckpointer(model, save_dir=str(tmp_path)).save("model")
     output = tmp_path / "fcos.pt2"
     code = _load_tool().main(
-        ["--config-file", str(QUICK_CONFIG), "--format", "torch.export", "--output", str(output),
-         "--height", "64", "--width", "96", *OPTS, "MODEL.WEIGHTS", str(tmp_path / "model.pth"),
-         "MODEL.DEVICE", "cpu"]
+        [
+            "--config-file",
+            str(QUICK_CONFIG),
+            "--format",
+            "torch.export",
+            "--output",
+            str(output),
+            "--height",
+            "64",
+            "--width",
+            "96",
+            *OPTS,
+            "MODEL.WEIGHTS",
+            str(tmp_path / "model.pth"),
+            "MODEL.DEVICE",
+            "cpu",
+        ]
     )
     out = capsys.readouterr().out
     assert code == 0, out
@@ -204,8 +217,21 @@ def test_tool_stores_the_contract_and_the_training_classes(model, tmp_path, caps
     common = [*OPTS, "MODEL.WEIGHTS", str(tmp_path / "model.pth"), "MODEL.DEVICE", "cpu"]
     onnx_path, pt2_path = tmp_path / "fcos.onnx", tmp_path / "fcos.pt2"
     for fmt, path in (("onnx", onnx_path), ("torch.export", pt2_path)):
-        code = _load_tool().main(["--config-file", str(QUICK_CONFIG), "--format", fmt,
-                                  "--output", str(path), "--height", "64", "--width", "96", *common])
+        code = _load_tool().main(
+            [
+                "--config-file",
+                str(QUICK_CONFIG),
+                "--format",
+                fmt,
+                "--output",
+                str(path),
+                "--height",
+                "64",
+                "--width",
+                "96",
+                *common,
+            ]
+        )
         out = capsys.readouterr().out
         assert code == 0 and "[ok]" in out and "MISMATCH" not in out, out
         assert "-4096 px high and wide" in out  # dynamic by default: checked at a second size too
@@ -213,21 +239,53 @@ def test_tool_stores_the_contract_and_the_training_classes(model, tmp_path, caps
     extra = {"fcos_d2.json": ""}
     torch.export.load(str(pt2_path), extra_files=extra)
     for contract in (json.loads(stored), json.loads(extra["fcos_d2.json"])):
-        assert contract["class_names"] == ["a", "b", "c", "d"] and contract["category_ids"] == [7, 42, 3, 9]
-        assert contract["input"]["channel_order"] == "BGR" and contract["input"]["range"].startswith("0-255")
+        assert contract["class_names"] == ["a", "b", "c", "d"] and contract["category_ids"] == [
+            7,
+            42,
+            3,
+            9,
+        ]
+        assert contract["input"]["channel_order"] == "BGR" and contract["input"][
+            "range"
+        ].startswith("0-255")
         assert set(contract["outputs"]) == {"boxes", "scores", "classes"}
 
 
 def test_tool_errors_name_the_file_at_fault(tmp_path, capsys):
     tool = _load_tool()
     missing_config = tmp_path / "nope.yaml"
-    assert tool.main(["--config-file", str(missing_config), "--format", "onnx",
-                      "--output", str(tmp_path / "a.onnx")]) == 2
+    assert (
+        tool.main(
+            [
+                "--config-file",
+                str(missing_config),
+                "--format",
+                "onnx",
+                "--output",
+                str(tmp_path / "a.onnx"),
+            ]
+        )
+        == 2
+    )
     assert str(missing_config) in capsys.readouterr().err
     missing_weights = tmp_path / "nope.pth"
-    assert tool.main(["--config-file", str(QUICK_CONFIG), "--format", "torch.export",
-                      "--output", str(tmp_path / "a.pt2"), "MODEL.WEIGHTS", str(missing_weights),
-                      "MODEL.DEVICE", "cpu"]) == 2
+    assert (
+        tool.main(
+            [
+                "--config-file",
+                str(QUICK_CONFIG),
+                "--format",
+                "torch.export",
+                "--output",
+                str(tmp_path / "a.pt2"),
+                "MODEL.WEIGHTS",
+                str(missing_weights),
+                "MODEL.DEVICE",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert str(missing_weights) in capsys.readouterr().err
 
 
@@ -242,11 +300,16 @@ def test_comparison_of_detections_can_fail(eager):
     swapped = classes.clone()
     swapped[0] += 1  # another class
     assert not compare_detections(eager, (boxes, scores, swapped)).agrees()
-    extra = (torch.cat([boxes, boxes[:1] + 1]), torch.cat([scores, scores[:1] * 0.5]),
-             torch.cat([classes, classes[:1]]))
+    extra = (
+        torch.cat([boxes, boxes[:1] + 1]),
+        torch.cat([scores, scores[:1] * 0.5]),
+        torch.cat([classes, classes[:1]]),
+    )
     assert not compare_detections(eager, extra).agrees()
     rescored = scores.clone()
     rescored[5] += 1e-3  # 10x the score tolerance
     assert not compare_detections(eager, (boxes, rescored, classes)).agrees()
     empty = (boxes[:0], scores[:0], classes[:0])
-    assert compare_detections(empty, empty).agrees() and not compare_detections(eager, empty).agrees()
+    assert (
+        compare_detections(empty, empty).agrees() and not compare_detections(eager, empty).agrees()
+    )

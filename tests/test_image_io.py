@@ -3,9 +3,9 @@
 import cv2
 import numpy as np
 import pytest
+from conftest import QUICK_CONFIG, load_config
 from detectron2.data import detection_utils
 
-from conftest import QUICK_CONFIG, load_config
 from fcos_d2.dataset_mapper import CrowdAwareDatasetMapper, EightBitDatasetMapper
 from fcos_d2.image_io import read_image
 
@@ -37,14 +37,18 @@ def test_eight_bit_images_read_as_detectron2_reads_them(tmp_path):
     path = tmp_path / "colour.png"
     cv2.imwrite(str(path), rng.integers(0, 256, (20, 30, 3), dtype=np.uint8))
     for fmt in ("BGR", "RGB", "L"):
-        np.testing.assert_array_equal(read_image(str(path), fmt), detection_utils.read_image(str(path), fmt))
+        np.testing.assert_array_equal(
+            read_image(str(path), fmt), detection_utils.read_image(str(path), fmt)
+        )
 
 
 @pytest.mark.parametrize("mapper_class", [EightBitDatasetMapper, CrowdAwareDatasetMapper])
 def test_mappers_read_16_bit_images_and_leave_detectron2_alone(gradient_16_bit, mapper_class):
     path, values = gradient_16_bit
     cfg = load_config(QUICK_CONFIG, ["INPUT.MIN_SIZE_TEST", "32", "INPUT.MAX_SIZE_TEST", "64"])
-    mapped = mapper_class(cfg, False)({"file_name": str(path), "height": 32, "width": 64, "image_id": 1})
+    mapped = mapper_class(cfg, False)(
+        {"file_name": str(path), "height": 32, "width": 64, "image_id": 1}
+    )
     image = mapped["image"]  # (3, H, W)
     assert int(image.max()) == 255 and int(image.min()) == 0
     assert image[0, 0].tolist() == np.round(values[0] / 257).tolist()

@@ -20,7 +20,12 @@ def one_level(cls_probs, ctr_probs, ltrb, points):
     """Head outputs of one level from probabilities and stride-unit distances."""
     logits = torch.tensor([[logit(p) for p in row] for row in cls_probs])
     centerness = torch.tensor([logit(p) for p in ctr_probs])
-    return logits, torch.tensor(ltrb, dtype=torch.float32), centerness, torch.tensor(points, dtype=torch.float32)
+    return (
+        logits,
+        torch.tensor(ltrb, dtype=torch.float32),
+        centerness,
+        torch.tensor(points, dtype=torch.float32),
+    )
 
 
 def test_decode_boxes():

@@ -44,8 +44,10 @@ def reference_losses(logits, pred_ltrb, centerness, labels, target_ltrb, box_los
     cls = sigmoid_focal_loss(logits[0][valid], one_hot[valid], 0.25, 2.0, "sum") / num_positive
     t = target_ltrb[0][positive]
     ctr = torch.sqrt(
-        torch.minimum(t[:, 0], t[:, 2]) / torch.maximum(t[:, 0], t[:, 2])
-        * torch.minimum(t[:, 1], t[:, 3]) / torch.maximum(t[:, 1], t[:, 3])
+        torch.minimum(t[:, 0], t[:, 2])
+        / torch.maximum(t[:, 0], t[:, 2])
+        * torch.minimum(t[:, 1], t[:, 3])
+        / torch.maximum(t[:, 1], t[:, 3])
     )
     per_box = box_loss(as_boxes(pred_ltrb[0][positive]), as_boxes(t), reduction="none")
     loc = (per_box * ctr).sum() / ctr.sum()
@@ -123,9 +125,13 @@ def test_iou_loss_smoothing_by_hand():
     pred = torch.tensor([[3.0, 1.0, 1.0, 1.0]])
     target = torch.tensor([[1.0, 1.0, 1.0, 2.0]])
     for s, iou in ((0.0, 4 / 10), (1.0, 5 / 11), (2.5, 6.5 / 12.5)):
-        torch.testing.assert_close(box_regression_loss(pred, target, "iou", s), torch.tensor([-math.log(iou)]))
+        torch.testing.assert_close(
+            box_regression_loss(pred, target, "iou", s), torch.tensor([-math.log(iou)])
+        )
         expected_giou = 1 - (iou - (12 - 10) / 12)
-        torch.testing.assert_close(box_regression_loss(pred, target, "giou", s), torch.tensor([expected_giou]))
+        torch.testing.assert_close(
+            box_regression_loss(pred, target, "giou", s), torch.tensor([expected_giou])
+        )
 
 
 def test_iou_loss_smoothing_only_for_iou_and_giou():

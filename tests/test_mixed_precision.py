@@ -14,12 +14,13 @@ import logging
 
 import pytest
 import torch
+from conftest import QUICK_CONFIG, load_config, make_instances
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 import train_net
+from fcos_d2 import config as config_module
 from fcos_d2.config import setup_cfg
-from conftest import QUICK_CONFIG, load_config, make_instances
 
 HEIGHT, WIDTH = 384, 512
 # A 490 x 370 box: 181,300 px², beyond float16.
@@ -39,8 +40,10 @@ def batch():
 def build_training_model(box_loss_type: str, norm_reg_targets: bool = False):
     cfg = load_config(
         opts=[
-            "MODEL.FCOS.BOX_LOSS_TYPE", box_loss_type,
-            "MODEL.FCOS.NORM_REG_TARGETS", str(norm_reg_targets),
+            "MODEL.FCOS.BOX_LOSS_TYPE",
+            box_loss_type,
+            "MODEL.FCOS.NORM_REG_TARGETS",
+            str(norm_reg_targets),
         ]
     )
     return build_model(cfg).train()
@@ -101,20 +104,30 @@ def test_amp_without_a_gpu_falls_back_to_float32_with_a_warning(monkeypatch, cap
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # setup_logger (train_net, demo) stops propagation, which caplog relies on.
     monkeypatch.setattr(logging.getLogger("fcos_d2"), "propagate", True)
+    monkeypatch.setattr(config_module, "_said", set())  # as in a fresh process
     with caplog.at_level(logging.WARNING, logger="fcos_d2"):
-        cfg = setup_cfg(
-            str(QUICK_CONFIG), ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda"]
-        )
+        cfg = setup_cfg(str(QUICK_CONFIG), ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda"])
     assert cfg.MODEL.DEVICE == "cpu"
     assert not cfg.SOLVER.AMP.ENABLED
     assert "SOLVER.AMP.ENABLED" in caplog.text and "No GPU found" in caplog.text
+    # Said once per process: building the config again adds nothing.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fcos_d2"):
+        setup_cfg(str(QUICK_CONFIG), ["SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda"])
+    assert "No GPU found" not in caplog.text
 
 
 def test_train_net_logs_the_fallback_to_the_run_log(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     args = train_net.argument_parser().parse_args(
-        ["--config-file", str(QUICK_CONFIG), "SOLVER.AMP.ENABLED", "True",
-         "OUTPUT_DIR", str(tmp_path)]
+        [
+            "--config-file",
+            str(QUICK_CONFIG),
+            "SOLVER.AMP.ENABLED",
+            "True",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ]
     )
     cfg = train_net.setup(args)
     assert not cfg.SOLVER.AMP.ENABLED

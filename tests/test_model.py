@@ -2,13 +2,12 @@
 
 import pytest
 import torch
+from conftest import CONFIGS, load_config, make_instances
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import pairwise_iou
 
 from fcos_d2 import FCOS
 from fcos_d2.head import DeformableConv3x3
-
-from conftest import CONFIGS, load_config, make_instances
 
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 
@@ -17,7 +16,10 @@ def synthetic_batch(size=64):
     """Two images: one with two boxes, one with none."""
     images = [torch.rand(3, size, size) * 255 for _ in range(2)]
     return [
-        {"image": images[0], "instances": make_instances((size, size), [[4, 6, 30, 40], [20, 20, 60, 50]], [0, 3])},
+        {
+            "image": images[0],
+            "instances": make_instances((size, size), [[4, 6, 30, 40], [20, 20, 60, 50]], [0, 3]),
+        },
         {"image": images[1], "instances": make_instances((size, size), [], [])},
     ]
 
@@ -69,20 +71,31 @@ def _centerness_reads_box_tower(model) -> bool:
 
 
 def _norm_layers(model):
-    return [m for m in model.head.cls_tower.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+    return [
+        m
+        for m in model.head.cls_tower.modules()
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))
+    ]
 
 
 # What each option set must visibly change in the built model.
 OPTION_EFFECTS = {
-    "default": lambda m: isinstance(_norm_layers(m)[0], torch.nn.GroupNorm) and m.head.scales is not None
-    and _centerness_reads_box_tower(m),
+    "default": lambda m: (
+        isinstance(_norm_layers(m)[0], torch.nn.GroupNorm)
+        and m.head.scales is not None
+        and _centerness_reads_box_tower(m)
+    ),
     "bn": lambda m: isinstance(_norm_layers(m)[0], torch.nn.BatchNorm2d),
     "no-norm-no-scale": lambda m: not _norm_layers(m) and m.head.scales is None,
-    "shared-conv": lambda m: any(isinstance(x, torch.nn.Conv2d) for x in m.head.share_tower.modules())
-    and not _centerness_reads_box_tower(m),
+    "shared-conv": lambda m: (
+        any(isinstance(x, torch.nn.Conv2d) for x in m.head.share_tower.modules())
+        and not _centerness_reads_box_tower(m)
+    ),
     "exp-iou": lambda m: not m.norm_reg_targets and m.box_loss_type == "iou",
-    "deformable": lambda m: any(isinstance(x, DeformableConv3x3) for x in m.head.modules())
-    and m.box_loss_type == "ciou",
+    "deformable": lambda m: (
+        any(isinstance(x, DeformableConv3x3) for x in m.head.modules())
+        and m.box_loss_type == "ciou"
+    ),
     "no-sampling": lambda m: m.center_sampling_radius == 0.0 and m.box_loss_type == "diou",
 }
 
@@ -113,7 +126,9 @@ def test_half_empty_batch_trains_and_infers(opts, request):
     assert grads and all(torch.isfinite(g).all() for g in grads)
     model.eval()
     with torch.no_grad():
-        outputs = model([{"image": b["image"], "height": 32, "width": 48} for b in synthetic_batch()])
+        outputs = model(
+            [{"image": b["image"], "height": 32, "width": 48} for b in synthetic_batch()]
+        )
     for output in outputs:
         instances = output["instances"]
         assert instances.image_size == (32, 48)  # rescaled by detector_postprocess
@@ -130,7 +145,9 @@ def test_deformable_head_uses_deformable_convs():
 
 def test_all_empty_batch_trains_with_finite_losses():
     model = build_model(load_config())
-    batch = [{"image": torch.rand(3, 64, 64) * 255, "instances": make_instances((64, 64), [], [])}] * 2
+    batch = [
+        {"image": torch.rand(3, 64, 64) * 255, "instances": make_instances((64, 64), [], [])}
+    ] * 2
     losses = train_step(model, batch)
     assert all(torch.isfinite(v) for v in losses.values())
     assert losses["loss_fcos_loc"].item() == 0.0

@@ -9,25 +9,24 @@ import copy
 import json
 import logging
 
+import distributed_worker
 import numpy as np
 import pytest
 import torch
+from conftest import QUICK_CONFIG, load_config, make_instances
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase, launch
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 
-from fcos_d2.config import setup_cfg
-from fcos_d2.engine import Trainer
 from fcos_d2 import targets as targets_module
 from fcos_d2.coco_dataset import DatasetError, check_coco_json
+from fcos_d2.config import setup_cfg
 from fcos_d2.dataset_mapper import CrowdAwareDatasetMapper
-from fcos_d2.losses import fcos_losses
 from fcos_d2.datasets import generate_shapes_split
+from fcos_d2.engine import Trainer
+from fcos_d2.losses import fcos_losses
 from fcos_d2.targets import IGNORE
-
-import distributed_worker
-from conftest import QUICK_CONFIG, load_config, make_instances
 
 
 def train_one_step(model, batch):
@@ -79,13 +78,17 @@ def test_crowd_annotations_are_kept_by_the_mapper_and_ignored_by_the_loss(monkey
     mapper = CrowdAwareDatasetMapper(cfg, is_train=True)
     mapper.augmentations.augs = []  # no random flip here (the next test flips)
     # The mapper reads the file; give it the image directly.
-    monkeypatch.setattr(image_io, "read_image", lambda file_name, format=None: np.zeros((64, 64, 3), np.uint8))
+    monkeypatch.setattr(
+        image_io, "read_image", lambda file_name, format=None: np.zeros((64, 64, 3), np.uint8)
+    )
     instances = mapper(copy.deepcopy(CROWD_RECORD))["instances"]
     assert instances.gt_is_crowd.tolist() == [False, True]
     assert instances.gt_classes.tolist() == [0, 1]
 
     model = build_model(cfg)
-    grid = model.location_grid([torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)])
+    grid = model.location_grid(
+        [torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)]
+    )
     labels, box_targets = targets_module.assign_targets(grid, [instances], 4, 1.5)
     x, y = grid.points[:, 0], grid.points[:, 1]
     in_crowd = (x > 20) & (x < 60) & (y > 20) & (y < 60)
@@ -119,16 +122,41 @@ def test_crowd_boxes_reach_the_model_through_the_trainer_loader_with_flips(tmp_p
     json_path = generate_shapes_split(str(tmp_path), "crowdflip", 2, 64, seed=4, progress=False)
     content = json.loads(open(json_path).read())
     content["annotations"] = [
-        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 2, 20, 20], "area": 400, "iscrowd": 0},
-        {"id": 2, "image_id": 1, "category_id": 2, "bbox": [30, 10, 20, 40], "area": 800, "iscrowd": 1},
+        {
+            "id": 1,
+            "image_id": 1,
+            "category_id": 1,
+            "bbox": [2, 2, 20, 20],
+            "area": 400,
+            "iscrowd": 0,
+        },
+        {
+            "id": 2,
+            "image_id": 1,
+            "category_id": 2,
+            "bbox": [30, 10, 20, 40],
+            "area": 800,
+            "iscrowd": 1,
+        },
     ]
     content["images"] = content["images"][:1]
     (tmp_path / "crowd.json").write_text(json.dumps(content))
     from fcos_d2.coco_dataset import register_coco_dataset
 
-    register_coco_dataset("reliability_crowd_flip", str(tmp_path / "crowd.json"), str(tmp_path / "crowdflip"))
-    cfg = setup_cfg(str(QUICK_CONFIG), ["DATASETS.TRAIN", "('reliability_crowd_flip',)",
-                                        "SOLVER.IMS_PER_BATCH", "1", "INPUT.RANDOM_FLIP", "horizontal"])
+    register_coco_dataset(
+        "reliability_crowd_flip", str(tmp_path / "crowd.json"), str(tmp_path / "crowdflip")
+    )
+    cfg = setup_cfg(
+        str(QUICK_CONFIG),
+        [
+            "DATASETS.TRAIN",
+            "('reliability_crowd_flip',)",
+            "SOLVER.IMS_PER_BATCH",
+            "1",
+            "INPUT.RANDOM_FLIP",
+            "horizontal",
+        ],
+    )
     crowd_boxes = set()
     loader = iter(Trainer.build_train_loader(cfg))
     for _ in range(20):
@@ -171,17 +199,21 @@ from detectron2.structures import Boxes, Instances
 from fcos_d2 import targets
 targets.MAX_PAIRS_PER_CHUNK = {max_pairs}
 sizes = [(800 // s, 1344 // s) for s in (8, 16, 32, 64, 128)]
-grid = targets.make_location_grid(sizes, [8, 16, 32, 64, 128], [64, 128, 256, 512], 0.5, torch.device("cpu"))
+strides, bounds = [8, 16, 32, 64, 128], [64, 128, 256, 512]
+grid = targets.make_location_grid(sizes, strides, bounds, 0.5, torch.device("cpu"))
 g = torch.Generator().manual_seed(0)
 corners = torch.rand(1000, 2, generator=g) * torch.tensor([1200.0, 700.0])
 instances = Instances((800, 1344))
-instances.gt_boxes = Boxes(torch.cat([corners, corners + 8 + torch.rand(1000, 2, generator=g) * 300], 1))
+sides = 8 + torch.rand(1000, 2, generator=g) * 300
+instances.gt_boxes = Boxes(torch.cat([corners, corners + sides], 1))
 instances.gt_classes = torch.arange(1000) % 80
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 targets.assign_targets(grid, [instances], 80, 1.5)
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
     return float(completed.stdout.strip().splitlines()[-1])
 
 
@@ -198,14 +230,20 @@ def test_assignment_memory_at_a_thousand_boxes_is_bounded_by_chunking():
 @pytest.mark.parametrize("size", [(48, 64), (32, 512), (600, 40)])
 def test_small_and_elongated_images_train_and_infer(size):
     opts = [
-        "MODEL.FCOS.IN_FEATURES", "['p3', 'p4', 'p5', 'p6', 'p7']",
-        "MODEL.FCOS.FPN_STRIDES", "[8, 16, 32, 64, 128]",
-        "MODEL.FCOS.SIZES_OF_INTEREST", "[64, 128, 256, 512]",
-        "MODEL.FCOS.TOP_LEVELS", "2",
+        "MODEL.FCOS.IN_FEATURES",
+        "['p3', 'p4', 'p5', 'p6', 'p7']",
+        "MODEL.FCOS.FPN_STRIDES",
+        "[8, 16, 32, 64, 128]",
+        "MODEL.FCOS.SIZES_OF_INTEREST",
+        "[64, 128, 256, 512]",
+        "MODEL.FCOS.TOP_LEVELS",
+        "2",
         # GN(32) needs 2+ values a group: on a 1x1 P7 that takes 64 channels (real configs: 256).
-        "MODEL.FPN.OUT_CHANNELS", "64",
+        "MODEL.FPN.OUT_CHANNELS",
+        "64",
         # An untrained head scores about PRIOR_PROB: threshold 0 so inference has candidates.
-        "MODEL.FCOS.SCORE_THRESH_TEST", "0.0",
+        "MODEL.FCOS.SCORE_THRESH_TEST",
+        "0.0",
     ]
     model = build_model(load_config(opts=opts))
     height, width = size
@@ -218,19 +256,36 @@ def test_small_and_elongated_images_train_and_infer(size):
     assert result.image_size == size
     boxes = result.pred_boxes.tensor
     assert len(result) > 0 and torch.isfinite(boxes).all() and result.pred_boxes.nonempty().all()
-    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    assert (
+        (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    )
 
 
 # 6. Category ids not contiguous, or not in the metadata.
 def test_non_contiguous_category_ids_are_mapped(tmp_path):
-    from fcos_d2.coco_dataset import register_coco_dataset
     from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from fcos_d2.coco_dataset import register_coco_dataset
 
     content = {
         "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
         "annotations": [
-            {"id": 1, "image_id": 1, "category_id": 17, "bbox": [0, 0, 4, 4], "area": 16, "iscrowd": 0},
-            {"id": 2, "image_id": 1, "category_id": 5, "bbox": [1, 1, 4, 4], "area": 16, "iscrowd": 0},
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 17,
+                "bbox": [0, 0, 4, 4],
+                "area": 16,
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 5,
+                "bbox": [1, 1, 4, 4],
+                "area": 16,
+                "iscrowd": 0,
+            },
         ],
         "categories": [{"id": 5, "name": "five"}, {"id": 17, "name": "seventeen"}],
     }
@@ -296,11 +351,24 @@ def resumable_config(dataset, output_dir, max_iter, period):
     return setup_cfg(
         str(QUICK_CONFIG),
         [
-            "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()",
-            "INPUT.RANDOM_FLIP", "none", "SEED", "5",
-            "SOLVER.MAX_ITER", str(max_iter), "SOLVER.CHECKPOINT_PERIOD", str(period),
-            "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "2",
-            "OUTPUT_DIR", str(output_dir),
+            "DATASETS.TRAIN",
+            f"('{dataset}',)",
+            "DATASETS.TEST",
+            "()",
+            "INPUT.RANDOM_FLIP",
+            "none",
+            "SEED",
+            "5",
+            "SOLVER.MAX_ITER",
+            str(max_iter),
+            "SOLVER.CHECKPOINT_PERIOD",
+            str(period),
+            "SOLVER.STEPS",
+            "(3,)",
+            "SOLVER.WARMUP_ITERS",
+            "2",
+            "OUTPUT_DIR",
+            str(output_dir),
         ],
     )
 
@@ -326,7 +394,9 @@ class FailAt(HookBase):
 
 
 # 9. A non-finite loss.
-def test_nan_loss_stops_with_iteration_and_term_after_checkpoint_on_disk(one_image_dataset, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_iteration_and_term_after_checkpoint_on_disk(
+    one_image_dataset, tmp_path, monkeypatch
+):
     cfg = resumable_config(one_image_dataset, tmp_path, max_iter=6, period=2)
     trainer = Trainer(cfg)
     real_losses = trainer.model.forward_training
@@ -342,7 +412,8 @@ def test_nan_loss_stops_with_iteration_and_term_after_checkpoint_on_disk(one_ima
     with pytest.raises(FloatingPointError) as error:
         trainer.train()
     assert str(error.value).startswith(
-        f"Non-finite loss at iteration 3: loss_fcos_loc. Last checkpoint on disk: {tmp_path / 'model_0000001.pth'}."
+        "Non-finite loss at iteration 3: loss_fcos_loc. "
+        f"Last checkpoint on disk: {tmp_path / 'model_0000001.pth'}."
     )
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000001.pth"
     checkpoint = torch.load(tmp_path / "model_0000001.pth")  # complete and loadable
@@ -355,7 +426,9 @@ def test_resume_after_kill_matches_an_uninterrupted_run(one_image_dataset, tmp_p
         torch.manual_seed(0)
         trainer = Trainer(resumable_config(one_image_dataset, output_dir, max_iter, 3))
         recorder = RecordLosses()
-        trainer.register_hooks([recorder] + ([FailAt(fail_at, KeyboardInterrupt())] if fail_at else []))
+        trainer.register_hooks(
+            [recorder] + ([FailAt(fail_at, KeyboardInterrupt())] if fail_at else [])
+        )
         trainer.resume_or_load(resume=resume)
         return trainer, recorder
 
@@ -372,8 +445,12 @@ def test_resume_after_kill_matches_an_uninterrupted_run(one_image_dataset, tmp_p
     resumed.train()
     assert sorted(resumed_losses.losses) == [3, 4, 5]
     for iteration in (3, 4, 5):
-        assert resumed_losses.losses[iteration] == pytest.approx(reference_losses.losses[iteration], rel=1e-5)
-    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(reference.optimizer.param_groups[0]["lr"])
+        assert resumed_losses.losses[iteration] == pytest.approx(
+            reference_losses.losses[iteration], rel=1e-5
+        )
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(
+        reference.optimizer.param_groups[0]["lr"]
+    )
 
 
 # 11. Checkpoints load with weights_only; unexpected keys are named.

@@ -28,7 +28,9 @@ def test_same_seed_same_files_and_other_seed_differs(tmp_path):
     assert open(first, "rb").read() == open(second, "rb").read()
     assert open(first, "rb").read() != open(other, "rb").read()
     for name in sorted(os.listdir(tmp_path / "a" / "train")):
-        assert (tmp_path / "a" / "train" / name).read_bytes() == (tmp_path / "b" / "train" / name).read_bytes()
+        assert (tmp_path / "a" / "train" / name).read_bytes() == (
+            tmp_path / "b" / "train" / name
+        ).read_bytes()
 
 
 def test_annotations_are_sane(tmp_path):
@@ -120,7 +122,9 @@ def test_concurrent_processes_generate_once(tmp_path):
     counter = tmp_path / "generations.txt"
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
-        results = pool.starmap(ensure_and_count, [(str(counter), "both", 6, 64, 0, str(tmp_path))] * 2)
+        results = pool.starmap(
+            ensure_and_count, [(str(counter), "both", 6, 64, 0, str(tmp_path))] * 2
+        )
     assert counter.read_text().count("generated") == 1  # one process generated, the other waited
     assert results[0] == results[1]
     json_path, image_dir = results[0]
@@ -132,17 +136,37 @@ def test_command_line_defaults_reproduce_the_registered_splits(tmp_path):
     """``--split val`` alone writes what ``shapes_val`` is generated with."""
     builtin = shapes.BUILTIN_SPLITS["shapes_val"]
     from_cli = shapes.main(["--split", builtin.split, "--output", str(tmp_path / "cli")])
-    registered = generate_shapes_split(str(tmp_path / "reg"), builtin.split, builtin.num_images,
-                                       seed=builtin.seed, progress=False)
+    registered = generate_shapes_split(
+        str(tmp_path / "reg"), builtin.split, builtin.num_images, seed=builtin.seed, progress=False
+    )
     assert json.load(open(from_cli)) == json.load(open(registered))
     crowd = shapes.BUILTIN_SPLITS["shapes_crowd_val"]
-    crowd_cli = json.load(open(shapes.main(["--split", crowd.split, "--output", str(tmp_path / "cli")])))
+    crowd_cli = json.load(
+        open(shapes.main(["--split", crowd.split, "--output", str(tmp_path / "cli")]))
+    )
     assert crowd_cli["info"]["scene_style"] == dataclasses.asdict(shapes.CROWDED)
     assert len(crowd_cli["images"]) == crowd.num_images
 
 
 def test_crowded_knob_from_the_command_line(tmp_path):
-    path = shapes.main(["--split", "knob", "--num-images", "3", "--image-size", "64",
-                        "--style", "crowded", "--max-objects", "2", "--output", str(tmp_path)])
+    path = shapes.main(
+        [
+            "--split",
+            "knob",
+            "--num-images",
+            "3",
+            "--image-size",
+            "64",
+            "--style",
+            "crowded",
+            "--max-objects",
+            "2",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     style = json.load(open(path))["info"]["scene_style"]
-    assert style["max_objects"] == 2 and style["min_visible_fraction"] == shapes.CROWDED.min_visible_fraction
+    assert (
+        style["max_objects"] == 2
+        and style["min_visible_fraction"] == shapes.CROWDED.min_visible_fraction
+    )

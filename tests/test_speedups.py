@@ -3,12 +3,11 @@ each speed-up alone and together; the location grid is cached per feature size."
 
 import pytest
 import torch
+from conftest import CONFIGS, load_config, make_instances, randomize_frozen_bn
 from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 
 from fcos_d2.speedups import FrozenBNFoldedConv2d
-
-from conftest import CONFIGS, load_config, make_instances, randomize_frozen_bn
 
 PLAIN = ["MODEL.FCOS.CHANNELS_LAST", "False", "MODEL.FCOS.FOLD_FROZEN_BN", "False"]
 FAST = ["MODEL.FCOS.CHANNELS_LAST", "True", "MODEL.FCOS.FOLD_FROZEN_BN", "True"]
@@ -19,8 +18,18 @@ SPEEDUPS = {
     "both": FAST,
 }
 # R-50 with frozen BN (the COCO configs), narrowed so the test stays fast.
-SMALL_R50 = ["MODEL.FPN.OUT_CHANNELS", "64", "MODEL.FCOS.NUM_CLS_CONVS", "2", "MODEL.FCOS.NUM_BOX_CONVS", "2",
-             "MODEL.FCOS.NUM_CLASSES", "5", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
+SMALL_R50 = [
+    "MODEL.FPN.OUT_CHANNELS",
+    "64",
+    "MODEL.FCOS.NUM_CLS_CONVS",
+    "2",
+    "MODEL.FCOS.NUM_BOX_CONVS",
+    "2",
+    "MODEL.FCOS.NUM_CLASSES",
+    "5",
+    "MODEL.FCOS.SCORE_THRESH_TEST",
+    "0.0",
+]
 
 
 def randomized_pair(fast_options=FAST):
@@ -68,8 +77,12 @@ def test_detections_are_the_same(name):
 @pytest.mark.parametrize("name", list(SPEEDUPS))
 def test_training_losses_and_gradients_are_the_same(name):
     plain, fast = randomized_pair(SPEEDUPS[name])
-    batch = [{"image": torch.rand(3, 128, 128) * 255,
-              "instances": make_instances((128, 128), [[10, 12, 70, 90], [60, 40, 120, 100]], [1, 4])}]
+    batch = [
+        {
+            "image": torch.rand(3, 128, 128) * 255,
+            "instances": make_instances((128, 128), [[10, 12, 70, 90], [60, 40, 120, 100]], [1, 4]),
+        }
+    ]
     results = []
     for model in (plain, fast):
         model.train()
@@ -90,10 +103,17 @@ def test_location_grid_is_built_once_per_feature_size():
     features = [torch.zeros(1, 1, 8, 10), torch.zeros(1, 1, 4, 5), torch.zeros(1, 1, 2, 3)]
     first = model.location_grid(features)
     assert model.location_grid([f.clone() for f in features]) is first  # cached by size
-    other = model.location_grid([torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)])
+    other = model.location_grid(
+        [torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)]
+    )
     assert other is not first and len(other.points) == 64 + 16 + 4
     from fcos_d2.targets import make_location_grid
 
-    fresh = make_location_grid([(8, 10), (4, 5), (2, 3)], model.strides, model.sizes_of_interest,
-                               model.location_offset, torch.device("cpu"))
+    fresh = make_location_grid(
+        [(8, 10), (4, 5), (2, 3)],
+        model.strides,
+        model.sizes_of_interest,
+        model.location_offset,
+        torch.device("cpu"),
+    )
     assert torch.equal(first.points, fresh.points)

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import make_instances
 
 from fcos_d2 import targets as targets_module
 from fcos_d2.targets import (
@@ -13,8 +14,6 @@ from fcos_d2.targets import (
     centerness_targets,
     make_location_grid,
 )
-
-from conftest import make_instances
 
 BACKGROUND = 3  # K = 3 classes in these tests
 

@@ -16,6 +16,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 import torch
+from conftest import CONFIGS, REPO, load_config
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
@@ -27,8 +28,6 @@ from torchvision.models.detection.image_list import ImageList as TorchvisionImag
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fcos_d2.conversion import convert_torchvision_fcos, torchvision_coco_class_indices
-
-from conftest import CONFIGS, REPO, load_config
 
 
 def _load_tool():
@@ -450,7 +449,10 @@ def test_frozen_batch_norm_checkpoint_converts_too(torchvision_model, our_model)
         if not k.endswith("num_batches_tracked")
     }
     assert set(FrozenBatchNorm2d(1).state_dict()) == {
-        "weight", "bias", "running_mean", "running_var"
+        "weight",
+        "bias",
+        "running_mean",
+        "running_var",
     }
     converted = convert_torchvision_fcos(state, our_model.state_dict())
     assert len(converted) == len(state) == len(our_model.state_dict())

@@ -5,14 +5,13 @@ import json
 
 import pytest
 import torch
+from conftest import QUICK_CONFIG
 
 import train_net
-from fcos_d2.config import setup_cfg
-from fcos_d2.engine import Trainer
 from fcos_d2.coco_dataset import DatasetError
+from fcos_d2.config import setup_cfg
 from fcos_d2.datasets import generate_shapes_split
-
-from conftest import QUICK_CONFIG
+from fcos_d2.engine import Trainer
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,9 @@ def test_eval_only_reproduces_the_predictions(tiny_shapes, trained, tmp_path):
     evaluation saved (the weights were loaded, not a fresh initialisation)."""
     output_dir, results = trained
     # Registered names persist in-process: register the datasets only once.
-    again = run([], tmp_path, "--eval-only", opts=["MODEL.WEIGHTS", str(output_dir / "model_final.pth")])
+    again = run(
+        [], tmp_path, "--eval-only", opts=["MODEL.WEIGHTS", str(output_dir / "model_final.pth")]
+    )
     trained_predictions = json.loads(output_dir.joinpath(*PREDICTIONS).read_text())
     evaluated = json.loads(tmp_path.joinpath(*PREDICTIONS).read_text())
     assert len(trained_predictions) > 10
@@ -84,7 +85,9 @@ def test_eval_only_reproduces_the_predictions(tiny_shapes, trained, tmp_path):
     assert again["bbox"] == pytest.approx(results["bbox"], nan_ok=True)
     # Without the weights: other detections (so the comparison above could fail).
     fresh = run([], tmp_path / "fresh", "--eval-only", opts=["MODEL.WEIGHTS", ""])
-    assert json.loads((tmp_path / "fresh").joinpath(*PREDICTIONS).read_text()) != trained_predictions
+    assert (
+        json.loads((tmp_path / "fresh").joinpath(*PREDICTIONS).read_text()) != trained_predictions
+    )
     assert fresh is not None
 
 
@@ -92,12 +95,25 @@ def test_eval_only_refuses_weights_of_another_number_of_classes(trained, tmp_pat
     from fcos_d2.checkpoint import NumClassesError
 
     output_dir, _ = trained
-    with pytest.raises(NumClassesError, match=r"trained for 4 classes, but MODEL.FCOS.NUM_CLASSES is 3"):
-        run([], tmp_path, "--eval-only", opts=["MODEL.WEIGHTS", str(output_dir / "model_final.pth"),
-                                                 "MODEL.FCOS.NUM_CLASSES", "3"])
+    with pytest.raises(
+        NumClassesError, match=r"trained for 4 classes, but MODEL.FCOS.NUM_CLASSES is 3"
+    ):
+        run(
+            [],
+            tmp_path,
+            "--eval-only",
+            opts=[
+                "MODEL.WEIGHTS",
+                str(output_dir / "model_final.pth"),
+                "MODEL.FCOS.NUM_CLASSES",
+                "3",
+            ],
+        )
 
 
-def test_fine_tuning_from_weights_of_another_number_of_classes_says_so_once(trained, tmp_path, caplog):
+def test_fine_tuning_from_weights_of_another_number_of_classes_says_so_once(
+    trained, tmp_path, caplog
+):
     import logging
 
     from fcos_d2 import checkpoint
@@ -106,8 +122,18 @@ def test_fine_tuning_from_weights_of_another_number_of_classes_says_so_once(trai
     checkpoint.logger.addHandler(caplog.handler)
     try:
         with caplog.at_level(logging.WARNING, logger=checkpoint.logger.name):
-            run([], tmp_path, opts=["MODEL.WEIGHTS", str(output_dir / "model_final.pth"),
-                                    "MODEL.FCOS.NUM_CLASSES", "3", "SOLVER.MAX_ITER", "1"])
+            run(
+                [],
+                tmp_path,
+                opts=[
+                    "MODEL.WEIGHTS",
+                    str(output_dir / "model_final.pth"),
+                    "MODEL.FCOS.NUM_CLASSES",
+                    "3",
+                    "SOLVER.MAX_ITER",
+                    "1",
+                ],
+            )
     finally:
         checkpoint.logger.removeHandler(caplog.handler)
     assert caplog.text.count("Fine-tuning:") == 1 and "trained for 4 classes" in caplog.text
@@ -120,8 +146,16 @@ def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
     shutil.copytree(trained[0], output_dir)  # the shared training run stays as it was
     cfg = setup_cfg(
         str(QUICK_CONFIG),
-        ["OUTPUT_DIR", str(output_dir), "DATASETS.TRAIN", "('tiny_train',)",
-         "DATASETS.TEST", "('tiny_val',)", "SOLVER.MAX_ITER", "6"],
+        [
+            "OUTPUT_DIR",
+            str(output_dir),
+            "DATASETS.TRAIN",
+            "('tiny_train',)",
+            "DATASETS.TEST",
+            "('tiny_val',)",
+            "SOLVER.MAX_ITER",
+            "6",
+        ],
     )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=True)
@@ -139,12 +173,25 @@ def test_bad_register_coco_names_the_file_and_writes_nothing(tmp_path):
     assert not output_dir.exists()
 
 
-@pytest.mark.parametrize("zoo_config, num_classes_key, own_loss", [
-    ("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", "loss_mask"),
-    ("COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml", "MODEL.ROI_HEADS.NUM_CLASSES", "loss_box_reg"),
-    ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "MODEL.RETINANET.NUM_CLASSES", "loss_cls"),
-])
-def test_detectron2_zoo_yamls_run_unchanged(tiny_shapes, tmp_path, zoo_config, num_classes_key, own_loss):
+@pytest.mark.parametrize(
+    "zoo_config, num_classes_key, own_loss",
+    [
+        (
+            "COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "loss_mask",
+        ),
+        (
+            "COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml",
+            "MODEL.ROI_HEADS.NUM_CLASSES",
+            "loss_box_reg",
+        ),
+        ("COCO-Detection/retinanet_R_50_FPN_1x.yaml", "MODEL.RETINANET.NUM_CLASSES", "loss_cls"),
+    ],
+)
+def test_detectron2_zoo_yamls_run_unchanged(
+    tiny_shapes, tmp_path, zoo_config, num_classes_key, own_loss
+):
     """The README's promise: Detectron2's own R-CNN and RetinaNet YAMLs train and evaluate
     through train_net.py as they are (only sizes and the dataset overridden)."""
     from detectron2 import model_zoo
@@ -153,23 +200,45 @@ def test_detectron2_zoo_yamls_run_unchanged(tiny_shapes, tmp_path, zoo_config, n
         [
             "--config-file",
             model_zoo.get_config_file(zoo_config),
-            "MODEL.WEIGHTS", "",
-            num_classes_key, "4",
-            "DATASETS.TRAIN", "('tiny_train',)",
-            "DATASETS.TEST", "('tiny_val',)",
-            "DATALOADER.NUM_WORKERS", "0",
-            "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-            "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64",
-            "SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "2", "SOLVER.BASE_LR", "0.001",
-            "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", "0",
-            "OUTPUT_DIR", str(tmp_path),
+            "MODEL.WEIGHTS",
+            "",
+            num_classes_key,
+            "4",
+            "DATASETS.TRAIN",
+            "('tiny_train',)",
+            "DATASETS.TEST",
+            "('tiny_val',)",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "INPUT.MIN_SIZE_TRAIN",
+            "(64,)",
+            "INPUT.MAX_SIZE_TRAIN",
+            "64",
+            "INPUT.MIN_SIZE_TEST",
+            "64",
+            "INPUT.MAX_SIZE_TEST",
+            "64",
+            "SOLVER.IMS_PER_BATCH",
+            "2",
+            "SOLVER.MAX_ITER",
+            "2",
+            "SOLVER.BASE_LR",
+            "0.001",
+            "SOLVER.STEPS",
+            "()",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "OUTPUT_DIR",
+            str(tmp_path),
         ]
     )
     results = train_net.main(args)  # the tiny_shapes fixture registered the datasets
     assert (tmp_path / "model_final.pth").exists()
     assert "bbox" in results  # evaluated with COCOEvaluator
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
-    assert any(own_loss in m for m in metrics)  # the model's own loss (masks: the polygons were used)
+    assert any(
+        own_loss in m for m in metrics
+    )  # the model's own loss (masks: the polygons were used)
 
 
 def test_num_gpus_beyond_the_gpus_found_is_refused_before_launch(monkeypatch):
@@ -177,8 +246,12 @@ def test_num_gpus_beyond_the_gpus_found_is_refused_before_launch(monkeypatch):
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     check_num_gpus(1)  # the CPU
-    with pytest.raises(SystemExit, match=r"--num-gpus 2, but 0 GPU\(s\) found: run with --num-gpus 1"):
+    with pytest.raises(
+        SystemExit, match=r"--num-gpus 2, but 0 GPU\(s\) found: run with --num-gpus 1"
+    ):
         check_num_gpus(2)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(SystemExit, match=r"--num-gpus 4, but 1 GPU\(s\) found: use --num-gpus 1 or fewer"):
+    with pytest.raises(
+        SystemExit, match=r"--num-gpus 4, but 1 GPU\(s\) found: use --num-gpus 1 or fewer"
+    ):
         check_num_gpus(4)

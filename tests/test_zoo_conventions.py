@@ -1,7 +1,6 @@
 """Every model-zoo config feeds its pretrained weights the input they were trained on."""
 
 import pytest
-
 from conftest import CONFIGS, load_config
 
 MSRA_MEAN_BGR = [103.53, 116.28, 123.675]  # Detectron2's default, the Caffe2 convention
@@ -28,7 +27,9 @@ def test_every_zoo_config_names_weights_of_a_known_convention():
     assert len(ZOO_CONFIGS) >= 6
     for path in ZOO_CONFIGS:
         cfg = load_config(path)
-        assert convention_of(path, cfg.MODEL.WEIGHTS) is not None, f"{path.name}: {cfg.MODEL.WEIGHTS!r}"
+        assert convention_of(path, cfg.MODEL.WEIGHTS) is not None, (
+            f"{path.name}: {cfg.MODEL.WEIGHTS!r}"
+        )
 
 
 @pytest.mark.parametrize("path", ZOO_CONFIGS, ids=lambda p: p.name)

@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
-
 import detectron2  # noqa: E402
 import fvcore  # noqa: E402
 import torch  # noqa: E402
@@ -288,9 +287,7 @@ def make_samples(
 
 def rectangle_masks(boxes: Tensor) -> PolygonMasks:
     """One rectangular polygon per box, for Mask R-CNN's mask loss."""
-    return PolygonMasks(
-        [[[x0, y0, x1, y0, x1, y1, x0, y1]] for x0, y0, x1, y1 in boxes.tolist()]
-    )
+    return PolygonMasks([[[x0, y0, x1, y0, x1, y1, x0, y1]] for x0, y0, x1, y1 in boxes.tolist()])
 
 
 def to_detectron2(
@@ -312,8 +309,12 @@ def to_detectron2(
         if with_masks:
             instances.gt_masks = rectangle_masks(sample.boxes)
         inputs.append(
-            {"image": sample.image.to(device), "height": height, "width": width,
-             "instances": instances}
+            {
+                "image": sample.image.to(device),
+                "height": height,
+                "width": width,
+                "instances": instances,
+            }
         )
     return (inputs,)
 
@@ -350,9 +351,12 @@ def build_fcos_d2(args: argparse.Namespace, device: torch.device) -> Contender:
     # 80 classes like the other models unless --opts says otherwise.
     opts = ["MODEL.FCOS.NUM_CLASSES", str(NUM_CLASSES), *args.opts]
     opts += [
-        "MODEL.DEVICE", device.type,
-        "MODEL.WEIGHTS", "",
-        "MODEL.FCOS.SCORE_THRESH_TEST", str(args.score_thresh),
+        "MODEL.DEVICE",
+        device.type,
+        "MODEL.WEIGHTS",
+        "",
+        "MODEL.FCOS.SCORE_THRESH_TEST",
+        str(args.score_thresh),
     ]
     cfg = setup_cfg(args.config_file, opts)
     num_classes = cfg.MODEL.FCOS.NUM_CLASSES
@@ -424,11 +428,16 @@ def build_d2_mask_rcnn(args: argparse.Namespace, device: torch.device) -> Conten
     """Detectron2's Mask R-CNN R-50-FPN 1x (YAML), randomly initialised."""
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file(D2_MASK_RCNN_CONFIG))
-    cfg.merge_from_list([
-        "MODEL.WEIGHTS", "",
-        "MODEL.DEVICE", device.type,
-        "MODEL.ROI_HEADS.SCORE_THRESH_TEST", str(args.score_thresh),
-    ])
+    cfg.merge_from_list(
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            device.type,
+            "MODEL.ROI_HEADS.SCORE_THRESH_TEST",
+            str(args.score_thresh),
+        ]
+    )
     return Contender(
         "d2_mask_rcnn",
         build_model(cfg),
@@ -702,10 +711,10 @@ def measure_breakdown(
     train_clock = StageClock(device)
     with EventStorage():
         training = run_stages(
-            lambda: staged_training_step(
-                model, train_inputs, optimizer, train_clock, amp, scaler
-            ),
-            train_clock, warmup, reps,
+            lambda: staged_training_step(model, train_inputs, optimizer, train_clock, amp, scaler),
+            train_clock,
+            warmup,
+            reps,
         )
     model.eval()
     infer_clock = StageClock(device)
@@ -727,8 +736,11 @@ def measure_assignment_scaling(
 ) -> Dict[int, Measurement]:
     """Time and extra memory of ``assign_targets`` on one image, for each number of boxes."""
     model = contender.model.eval()
-    (inputs,) = to_detectron2([Sample(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))],
-                              device, with_masks=False)
+    (inputs,) = to_detectron2(
+        [Sample(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))],
+        device,
+        with_masks=False,
+    )
     images = model.preprocess_image(inputs)
     features = model.backbone(images.tensor)
     grid = model.location_grid([features[f] for f in model.head_in_features])
@@ -741,10 +753,15 @@ def measure_assignment_scaling(
         instances.gt_classes = classes.to(device)
         results[num_boxes] = measure(
             lambda: assign_targets(
-                grid, [instances], model.num_classes, model.center_sampling_radius,
+                grid,
+                [instances],
+                model.num_classes,
+                model.center_sampling_radius,
                 normalize_by_stride=model.norm_reg_targets,
             ),
-            device, warmup, reps,
+            device,
+            warmup,
+            reps,
         )
     return results
 
@@ -812,8 +829,13 @@ def fcos_d2_extras(
     print("[benchmark] fcos_d2: target assignment scaling ...", flush=True)
     generator = torch.Generator().manual_seed(args.seed + 1)
     scaling = measure_assignment_scaling(
-        contender, infer_samples[0].image, args.assign_boxes, generator, device,
-        args.warmup, args.reps,
+        contender,
+        infer_samples[0].image,
+        args.assign_boxes,
+        generator,
+        device,
+        args.warmup,
+        args.reps,
     )
     return {
         "breakdown": {
@@ -927,27 +949,37 @@ def models_table(results: dict) -> str:
     models = results["models"]
     rows = []
     for name, model in models.items():
-        rows.append([
-            name,
-            "{total:.1f} ({trainable:.1f})".format(
-                **{k: v / 1e6 for k, v in model["parameters"].items()}
-            ),
-            "-" if model["flops"] is None else f"{model['flops'] / 1e9:.1f}",
-            spread(model["train"]),
-            ratio(models, name, "d2_fcos", "train"),
-            ratio(models, name, "d2_mask_rcnn", "train"),
-            "yes" if model["train_losses_finite"] else "NO",
-            megabytes(model["train"]["peak_mb"]),
-            spread(model["infer_per_image"]),
-            ratio(models, name, "d2_fcos", "infer_per_image"),
-            ratio(models, name, "tv_fcos", "infer_per_image"),
-            megabytes(model["infer"]["peak_mb"]),
-        ])
+        rows.append(
+            [
+                name,
+                "{total:.1f} ({trainable:.1f})".format(
+                    **{k: v / 1e6 for k, v in model["parameters"].items()}
+                ),
+                "-" if model["flops"] is None else f"{model['flops'] / 1e9:.1f}",
+                spread(model["train"]),
+                ratio(models, name, "d2_fcos", "train"),
+                ratio(models, name, "d2_mask_rcnn", "train"),
+                "yes" if model["train_losses_finite"] else "NO",
+                megabytes(model["train"]["peak_mb"]),
+                spread(model["infer_per_image"]),
+                ratio(models, name, "d2_fcos", "infer_per_image"),
+                ratio(models, name, "tv_fcos", "infer_per_image"),
+                megabytes(model["infer"]["peak_mb"]),
+            ]
+        )
     headers = [
-        "model", "params M (trainable)", "GFLOPs",
-        "train s/iter [min, max]", "train vs d2_fcos", "train vs d2_mask_rcnn", "losses finite",
+        "model",
+        "params M (trainable)",
+        "GFLOPs",
+        "train s/iter [min, max]",
+        "train vs d2_fcos",
+        "train vs d2_mask_rcnn",
+        "losses finite",
         "train peak MB",
-        "infer s/img [min, max]", "infer vs d2_fcos", "infer vs tv_fcos", "infer peak MB",
+        "infer s/img [min, max]",
+        "infer vs d2_fcos",
+        "infer vs tv_fcos",
+        "infer peak MB",
     ]
     return tabulate(rows, headers=headers, tablefmt="github")
 
@@ -970,8 +1002,15 @@ def breakdown_table(fcos: dict) -> str:
                 continue
             row += [f"{seconds:.4f}", f"{100 * seconds / full[phase]:.1f}"]
         rows.append(row)
-    rows.append(["full (measured alone)", f"{full['training']:.4f}", "100.0",
-                 f"{full['inference']:.4f}", "100.0"])
+    rows.append(
+        [
+            "full (measured alone)",
+            f"{full['training']:.4f}",
+            "100.0",
+            f"{full['inference']:.4f}",
+            "100.0",
+        ]
+    )
     headers = ["fcos_d2 stage", "train s", "% of step", "infer s", "% of inference"]
     return tabulate(rows, headers=headers, tablefmt="github")
 
@@ -1028,18 +1067,24 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--infer-batch", type=int, default=1, help="images per inference call")
     parser.add_argument("--num-boxes", type=int, default=10, help="ground-truth boxes per image")
     parser.add_argument(
-        "--assign-boxes", type=int, nargs="+", default=[10, 100, 1000],
+        "--assign-boxes",
+        type=int,
+        nargs="+",
+        default=[10, 100, 1000],
         help="boxes per image for the target-assignment scaling",
     )
     parser.add_argument(
-        "--score-thresh", type=float, default=0.0,
+        "--score-thresh",
+        type=float,
+        default=0.0,
         help="every model's test score threshold (0: post-processing does its full work)",
     )
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument(
-        "--amp", action="store_true",
+        "--amp",
+        action="store_true",
         help="train every model in mixed precision: float16 autocast and a GradScaler on "
         "CUDA, as SOLVER.AMP.ENABLED; bfloat16 autocast on the CPU. Inference stays float32.",
     )
@@ -1048,7 +1093,10 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="output/benchmark/benchmark.json")
     parser.add_argument(
-        "--opts", nargs="*", default=[], metavar="KEY VALUE",
+        "--opts",
+        nargs="*",
+        default=[],
+        metavar="KEY VALUE",
         help="config overrides for fcos_d2, e.g. --opts MODEL.FCOS.NORM none",
     )
     return parser

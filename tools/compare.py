@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train FCOS and R-CNN baselines alike, evaluate them along the way, judge the claims.
 
-    python tools/compare.py --quick          # FCOS vs Mask R-CNN, short schedule, ~12 min on 2 CPU cores
+    python tools/compare.py --quick          # FCOS vs Mask R-CNN, short: ~12 min on 2 CPU cores
     python tools/compare.py --full           # FCOS, Mask R-CNN, Faster R-CNN; 2 seeds; equal
                                              # iterations and equal time; hours on CPU
     python tools/compare.py --config-file A.yaml --config-file B.yaml --seeds 3 \
@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from fcos_d2.coco_dataset import register_coco_datasets
 from fcos_d2.comparison import runner
 from fcos_d2.comparison.report import write_report
 
@@ -38,37 +39,81 @@ QUICK_OPTS = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(225, 276)", "SOLVER.WA
 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2])
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true",
-                      help="FCOS and Mask R-CNN on shapes, 300 iterations, one seed, two evaluations, "
-                           "200 resamples, no time-budget runs: the same code, in minutes")
-    mode.add_argument("--full", action="store_true",
-                      help="FCOS, Mask R-CNN and Faster R-CNN on shapes, full schedule, and FCOS "
-                           "and Faster R-CNN again for as long as Mask R-CNN trained")
-    mode.add_argument("--report-only", action="store_true",
-                      help="only rebuild the report from the run directories under --output")
-    parser.add_argument("--config-file", action="append", default=[], metavar="FILE",
-                        help="a model to compare (repeat; the first FCOS and the first R-CNN "
-                             "are the ones the claims are judged on)")
+    mode.add_argument(
+        "--quick",
+        action="store_true",
+        help="FCOS and Mask R-CNN on shapes, 300 iterations, one seed, two evaluations, "
+        "200 resamples, no time-budget runs: the same code, in minutes",
+    )
+    mode.add_argument(
+        "--full",
+        action="store_true",
+        help="FCOS, Mask R-CNN and Faster R-CNN on shapes, full schedule, and FCOS "
+        "and Faster R-CNN again for as long as Mask R-CNN trained",
+    )
+    mode.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rebuild the report from the run directories under --output",
+    )
+    parser.add_argument(
+        "--config-file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a model to compare (repeat; the first FCOS and the first R-CNN "
+        "are the ones the claims are judged on)",
+    )
     parser.add_argument("--seeds", type=int, help="training runs per model (default 1; --full 2)")
     parser.add_argument("--datasets", nargs="+", help=f"validation sets (default {VAL_DATASETS})")
-    parser.add_argument("--train-datasets", default=TRAIN_DATASETS,
-                        help=f"DATASETS.TRAIN for every model (default {TRAIN_DATASETS})")
-    parser.add_argument("--evaluations", type=int, default=6,
-                        help="points on each learning curve, the final one included")
-    parser.add_argument("--budget-minutes", type=float,
-                        help="also train every model for this long (schedule stretched to fit)")
-    parser.add_argument("--budget-from", metavar="CONFIG",
-                        help="the time budget is this model's measured training time "
-                             "(per seed); --full: the Mask R-CNN config")
-    parser.add_argument("--resamples", type=int, help="bootstrap resamples (default 1000; --quick 200)")
+    parser.add_argument(
+        "--train-datasets",
+        default=TRAIN_DATASETS,
+        help=f"DATASETS.TRAIN for every model (default {TRAIN_DATASETS})",
+    )
+    parser.add_argument(
+        "--evaluations",
+        type=int,
+        default=6,
+        help="points on each learning curve, the final one included",
+    )
+    parser.add_argument(
+        "--budget-minutes",
+        type=float,
+        help="also train every model for this long (schedule stretched to fit)",
+    )
+    parser.add_argument(
+        "--budget-from",
+        metavar="CONFIG",
+        help="the time budget is this model's measured training time "
+        "(per seed); --full: the Mask R-CNN config",
+    )
+    parser.add_argument(
+        "--resamples", type=int, help="bootstrap resamples (default 1000; --quick 200)"
+    )
+    parser.add_argument(
+        "--register-coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset, as train_net.py does, to train or evaluate on it",
+    )
     parser.add_argument("--output", help="default output/compare (--full: output/compare_full)")
-    parser.add_argument("--run-one", nargs=4, metavar=("CONFIG", "RUN_DIR", "SEED", "BUDGET_S"),
-                        help=argparse.SUPPRESS)
-    parser.add_argument("opts", nargs=argparse.REMAINDER,
-                        help="config KEY VALUE pairs for every model")
+    parser.add_argument(
+        "--run-one",
+        nargs=4,
+        metavar=("CONFIG", "RUN_DIR", "SEED", "BUDGET_S"),
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs for every model"
+    )
     return parser
 
 
@@ -77,16 +122,32 @@ def run_directory(output: str, config: str, seed: int, budget: bool) -> str:
     return os.path.join(output, "runs", f"{Path(config).stem}__{schedule}__seed{seed}")
 
 
-def run_in_subprocess(args, config: str, run_dir: str, seed: int, budget_seconds: Optional[float]) -> dict:
+def run_in_subprocess(
+    args, config: str, run_dir: str, seed: int, budget_seconds: Optional[float]
+) -> dict:
     """Train and evaluate one model in its own process, unless its run.json exists."""
     run_file = os.path.join(run_dir, runner.RUN_FILE)
     if os.path.isfile(run_file):
         print(f"Kept (already done): {run_dir}", flush=True)
     else:
-        command = [sys.executable, os.path.abspath(__file__),
-                   "--run-one", config, run_dir, str(seed), str(budget_seconds or 0),
-                   "--datasets", *args.datasets, "--evaluations", str(args.evaluations),
-                   "--train-datasets", args.train_datasets, *args.opts]
+        registrations = [arg for spec in args.register_coco for arg in ("--register-coco", *spec)]
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            *registrations,
+            "--run-one",
+            config,
+            run_dir,
+            str(seed),
+            str(budget_seconds or 0),
+            "--datasets",
+            *args.datasets,
+            "--evaluations",
+            str(args.evaluations),
+            "--train-datasets",
+            args.train_datasets,
+            *args.opts,
+        ]
         print("Running:", " ".join(command), flush=True)
         subprocess.run(command, check=True)
     with open(run_file) as f:
@@ -105,25 +166,35 @@ def plan_and_run(args, configs: List[str]) -> None:
             measured = {}
             for config in [budget_from, *group] if budget_from else group:
                 measured[config] = run_in_subprocess(
-                    args, config, run_directory(args.output, config, seed, False), seed, None)
+                    args, config, run_directory(args.output, config, seed, False), seed, None
+                )
             if not (budget_from or args.budget_minutes):
                 continue
-            budget = measured[budget_from]["train_seconds"] if budget_from else 60 * args.budget_minutes
+            budget = (
+                measured[budget_from]["train_seconds"] if budget_from else 60 * args.budget_minutes
+            )
             for config in group:
                 if config != budget_from:  # its own schedule is the budget
-                    run_in_subprocess(args, config, run_directory(args.output, config, seed, True),
-                                      seed, budget)
+                    run_in_subprocess(
+                        args, config, run_directory(args.output, config, seed, True), seed, budget
+                    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
     args.datasets = args.datasets or list(VAL_DATASETS)
+    register_coco_datasets(args.register_coco)
     if args.run_one:
         config, run_dir, seed, budget = args.run_one
         runner.train_and_evaluate(
-            config, run_dir, args.datasets, ["DATASETS.TRAIN", args.train_datasets, *args.opts],
-            seed=int(seed), num_evaluations=args.evaluations,
-            budget_seconds=float(budget) or None)
+            config,
+            run_dir,
+            args.datasets,
+            ["DATASETS.TRAIN", args.train_datasets, *args.opts],
+            seed=int(seed),
+            num_evaluations=args.evaluations,
+            budget_seconds=float(budget) or None,
+        )
         return 0
 
     configs = args.config_file
@@ -148,11 +219,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                 raise SystemExit(f"--config-file {config}: no such file")
         plan_and_run(args, configs)
 
-    summary = write_report(os.path.join(args.output, "runs"), args.output,
-                           num_resamples=args.resamples, command=" ".join(sys.argv))
+    summary = write_report(
+        os.path.join(args.output, "runs"),
+        args.output,
+        num_resamples=args.resamples,
+        command=" ".join(sys.argv),
+    )
     for verdict in summary["verdicts"]:
-        print(f"- [{verdict['dataset']}, {verdict['budget']}] {verdict['claim']}: "
-              f"{verdict['verdict']} ({verdict['evidence']})")
+        print(
+            f"- [{verdict['dataset']}, {verdict['budget']}] {verdict['claim']}: "
+            f"{verdict['verdict']} ({verdict['evidence']})"
+        )
     print(f"Report: {os.path.join(args.output, 'report.md')}")
     return 0
 

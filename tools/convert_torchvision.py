@@ -73,13 +73,11 @@ def load_torchvision_state_dict(path: str, allow_pickle: bool = False) -> Dict[s
         if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
             loaded = loaded[key]
             break
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(v, Tensor) for v in loaded.values()
-    ):
+    if not isinstance(loaded, Mapping) or not all(isinstance(v, Tensor) for v in loaded.values()):
         raise ConversionError(f"{path}: holds no state dict of tensors")
     state = dict(loaded)
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 

@@ -12,7 +12,8 @@ to ``boxes`` (D, 4) as x0, y0, x1, y1 in the pixels of the image given, ``scores
 ``classes`` (D,) int64, best first (see ``fcos_d2.export.FCOSExportModule``). Class i is
 ``class_names[i]``, category ``category_ids[i]`` of the training set: both are stored in
 the file (ONNX metadata_props / .pt2 extra file, key "fcos_d2"), from the classes.json
-written beside the checkpoint at training time (else DATASETS.TEST[0]'s classes). ``--format torch.export`` writes a ``.pt2``
+written beside the checkpoint at training time (else DATASETS.TEST[0]'s classes).
+``--format torch.export`` writes a ``.pt2``
 (``torch.export.save``; read it with ``torch.export.load(PATH).module()``); ``onnx`` writes
 an ONNX model with input ``image`` and those three outputs.
 
@@ -35,15 +36,17 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import Tensor
-from torch.nn import functional as F
-
-
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import CfgNode  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
+from torch import Tensor
+from torch.nn import functional as F
 
+from fcos_d2.checkpoint import NumClassesError, check_num_classes  # noqa: E402
+from fcos_d2.classes import classes_for_weights  # noqa: E402
+from fcos_d2.coco_dataset import DatasetError, register_coco_datasets  # noqa: E402
+from fcos_d2.config import setup_cfg  # noqa: E402
 from fcos_d2.export import (  # noqa: E402
     CONTRACT_KEY,
     FCOSExportModule,
@@ -55,10 +58,6 @@ from fcos_d2.export import (  # noqa: E402
     sample_image,
 )
 from fcos_d2.meta_arch import FCOS  # noqa: E402
-from fcos_d2.checkpoint import NumClassesError, check_num_classes  # noqa: E402
-from fcos_d2.classes import classes_for_weights  # noqa: E402
-from fcos_d2.coco_dataset import DatasetError, register_coco_datasets  # noqa: E402
-from fcos_d2.config import setup_cfg  # noqa: E402
 
 FORMATS = ("onnx", "torch.export")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
@@ -143,7 +142,9 @@ def export_torch(
             f"torch.export of the model of {source} failed: {type(e).__name__}: {e}"
         ) from e
     try:
-        torch.export.save(program, output, extra_files={f"{CONTRACT_KEY}.json": json.dumps(contract)})
+        torch.export.save(
+            program, output, extra_files={f"{CONTRACT_KEY}.json": json.dumps(contract)}
+        )
     except Exception as e:  # torch.export.save raises RuntimeError for an unwritable path
         raise ExportError(f"{output}: cannot be written: {e}") from e
     try:
@@ -233,13 +234,18 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", metavar="IMAGE", help="the image to check on (default: noise)")
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument(
-        "--dynamic", action="store_true",
+        "--dynamic",
+        action="store_true",
         help="export for any input height and width from the coarsest level's stride + 1 "
         "up to 4096 (the default)",
     )
     sizes.add_argument("--static", action="store_true", help="export for the export size only")
     parser.add_argument(
-        "--register-coco", nargs=3, action="append", default=[], metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        "--register-coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
         help="register a COCO-format dataset, as train_net.py does (for DATASETS.TEST names)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
@@ -275,7 +281,9 @@ def run(args) -> int:
     except OSError as e:
         raise ExportError(f"{args.output}: cannot create its directory: {e}") from e
 
-    classes = classes_for_weights(cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None)
+    classes = classes_for_weights(
+        cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
+    )
     contract = export_contract(model, cfg, classes, args.dynamic, tuple(image.shape[-2:]))
     exporter = export_onnx if args.format == "onnx" else export_torch
     exported = exporter(module, image, args.output, args.dynamic, args.config_file, contract)
@@ -284,9 +292,12 @@ def run(args) -> int:
     else:
         sizes = f"{tuple(image.shape[-2:])}"
     print(f"{args.format}: wrote {args.output} for {sizes} images")
-    print(f"  input: (3, H, W) float32 0-255 in {cfg.INPUT.FORMAT} order; outputs: boxes (x0, y0, x1, y1) "
-          f"in input pixels, scores, class indices into {contract['class_names'] or 'no recorded names'} "
-          f"(category ids {contract['category_ids']}); stored under {CONTRACT_KEY!r} in the file")
+    print(
+        f"  input: (3, H, W) float32 0-255 in {cfg.INPUT.FORMAT} order; outputs: boxes "
+        f"(x0, y0, x1, y1) in input pixels, scores, class indices into "
+        f"{contract['class_names'] or 'no recorded names'} "
+        f"(category ids {contract['category_ids']}); stored under {CONTRACT_KEY!r} in the file"
+    )
 
     failed = False
     for x in check_sizes(image, args.dynamic, min_size):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Helpers of tools/gpu_check.sh: record the demo run, and summarise the results.
 
-    python tools/gpu_check_summary.py --record-demo OUT/demo.json --run-dir DIR --seconds S
-    python tools/gpu_check_summary.py --summarize OUT      # prints summary.md
+python tools/gpu_check_summary.py --record-demo OUT/demo.json --run-dir DIR --seconds S
+python tools/gpu_check_summary.py --summarize OUT      # prints summary.md
 """
 
 import argparse
@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from typing import Optional
+
 
 def record_demo(result_file: str, run_dir: str, seconds: float) -> dict:
     """The demo run's wall-clock seconds, iterations, device and final box AP, as JSON."""
@@ -21,9 +22,13 @@ def record_demo(result_file: str, run_dir: str, seconds: float) -> dict:
         config = f.read()
     device = "cuda" if "DEVICE: cuda" in config else "cpu"
     summary = {
-        "run_dir": run_dir, "device": device, "train_and_eval_seconds": seconds,
+        "run_dir": run_dir,
+        "device": device,
+        "train_and_eval_seconds": seconds,
         "iterations": max(r.get("iteration", 0) for r in records) + 1,
-        "bbox": {k.split("/", 1)[1]: v for k, v in final[-1].items() if k.startswith("bbox/")} if final else None,
+        "bbox": {k.split("/", 1)[1]: v for k, v in final[-1].items() if k.startswith("bbox/")}
+        if final
+        else None,
     }
     with open(result_file, "w") as f:
         json.dump(summary, f, indent=1)
@@ -57,21 +62,26 @@ def summarize(out: str) -> str:
     demo = _load(os.path.join(out, "demo.json"))
     tests = ""
     if os.path.isfile(os.path.join(out, "tests.txt")):
-        lines = [l for l in open(os.path.join(out, "tests.txt")).read().splitlines() if l.strip()]
+        with open(os.path.join(out, "tests.txt")) as f:
+            lines = [line for line in f.read().splitlines() if line.strip()]
         tests = lines[-1] if lines else ""
     lines = [
-        "# fcos_d2 GPU check", "",
+        "# fcos_d2 GPU check",
+        "",
         f"Device: {environment.get('gpu') or 'CPU (dry run)'}; torch {environment.get('torch')}, "
         f"torchvision {environment.get('torchvision')}, CUDA {environment.get('cuda')}, "
-        f"Python {environment.get('python')}; {time.strftime('%Y-%m-%d')}.", "",
-        f"CUDA tests (tests/test_cuda.py): {tests or 'not run'}", "",
+        f"Python {environment.get('python')}; {time.strftime('%Y-%m-%d')}.",
+        "",
+        f"CUDA tests (tests/test_cuda.py): {tests or 'not run'}",
+        "",
     ]
     if fp32 or amp:
         settings = (fp32 or amp)["settings"]
         lines += [
             f"Benchmark: R-50 FPN, {settings['height']}x{settings['width']}, training batch "
             f"{settings['train_batch']}, inference batch {settings['infer_batch']}, "
-            f"medians of {settings['reps']} repetitions (`tools/benchmark.py`).", "",
+            f"medians of {settings['reps']} repetitions (`tools/benchmark.py`).",
+            "",
             "| model | train s/iter fp32 | train s/iter AMP | AMP speed-up | infer s/img | "
             "train peak MB fp32 | vs Mask R-CNN train fp32 | vs Mask R-CNN train AMP |",
             "|---|---|---|---|---|---|---|---|",
@@ -84,16 +94,27 @@ def summarize(out: str) -> str:
                 f"| {model} | {_fmt(train32)} | {_fmt(train16)} | {_ratio(train32, train16)} | "
                 f"{_fmt(infer, 4)} | {_fmt(peak, 0)} | "
                 f"{_ratio(train32, _median(fp32, 'd2_mask_rcnn', 'train'))} | "
-                f"{_ratio(train16, _median(amp, 'd2_mask_rcnn', 'train'))} |")
-        lines += ["", "Targets: FCOS training ≤ 0.8× Mask R-CNN's s/iter; AMP ≥ 1.5× faster than "
-                  "float32; inference ≤ 0.85× Detectron2's FCOS: "
-                  f"{_ratio(_median(fp32, 'fcos_d2', 'infer_per_image'), _median(fp32, 'd2_fcos', 'infer_per_image'))}.",
-                  ""]
+                f"{_ratio(train16, _median(amp, 'd2_mask_rcnn', 'train'))} |"
+            )
+        lines += [
+            "",
+            "Targets: FCOS training ≤ 0.8× Mask R-CNN's s/iter; AMP ≥ 1.5× faster than "
+            "float32; inference ≤ 0.85× Detectron2's FCOS: "
+            + _ratio(
+                _median(fp32, "fcos_d2", "infer_per_image"),
+                _median(fp32, "d2_fcos", "infer_per_image"),
+            )
+            + ".",
+            "",
+        ]
     if demo:
         bbox = demo.get("bbox") or {}
-        lines += [f"Shapes demo schedule ({demo['iterations']} iterations on {demo['device']}): "
-                  f"{demo['train_and_eval_seconds'] / 60:.1f} min to box AP "
-                  f"{_fmt(bbox.get('AP'), 1)} (AP50 {_fmt(bbox.get('AP50'), 1)}).", ""]
+        lines += [
+            f"Shapes demo schedule ({demo['iterations']} iterations on {demo['device']}): "
+            f"{demo['train_and_eval_seconds'] / 60:.1f} min to box AP "
+            f"{_fmt(bbox.get('AP'), 1)} (AP50 {_fmt(bbox.get('AP50'), 1)}).",
+            "",
+        ]
     return "\n".join(lines)
 
 

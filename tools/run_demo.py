@@ -47,8 +47,10 @@ def main(opts) -> int:
 
     bbox = results["bbox"]
     print()
-    print(f"FCOS on {val_name} ({len(MetadataCatalog.get(val_name).thing_classes)} classes), "
-          f"trained from scratch in {train_minutes:.1f} min")
+    print(
+        f"FCOS on {val_name} ({len(MetadataCatalog.get(val_name).thing_classes)} classes), "
+        f"trained from scratch in {train_minutes:.1f} min"
+    )
     print(tabulate([[f"{bbox[k]:.1f}" for k in bbox]], headers=list(bbox), tablefmt="pipe"))
     print(f"Drawn predictions: {drawn_dir}/")
     with open(os.path.join(cfg.OUTPUT_DIR, "demo_summary.json"), "w") as f:

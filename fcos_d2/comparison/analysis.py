@@ -72,7 +72,9 @@ def _mean_valid(values: np.ndarray, axis) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), 0.0)
 
 
-def precision_recall_curves(gt: COCO, predictions: List[dict]) -> Dict[float, Tuple[np.ndarray, np.ndarray]]:
+def precision_recall_curves(
+    gt: COCO, predictions: List[dict]
+) -> Dict[float, Tuple[np.ndarray, np.ndarray]]:
     """Class-averaged precision at COCO's 101 recall points, at IoU 0.5 and 0.75."""
     evaluation = run_cocoeval(gt, predictions, iou_thresholds=[0.5, 0.75])
     recall_points = np.linspace(0, 1, 101)
@@ -145,7 +147,9 @@ def overlap_group_datasets(dataset: dict) -> Dict[str, dict]:
     for name, low, high in OVERLAP_GROUPS:
         masked = copy.deepcopy(dataset)
         for annotation in masked["annotations"]:
-            member = annotation["id"] in overlaps and in_overlap_group(overlaps[annotation["id"]], low, high)
+            member = annotation["id"] in overlaps and in_overlap_group(
+                overlaps[annotation["id"]], low, high
+            )
             if not member:
                 annotation["iscrowd"] = 1
         groups[name] = masked
@@ -175,7 +179,9 @@ def overlap_split_metrics(dataset: dict, predictions: List[dict]) -> Dict[str, D
         masked = copy.deepcopy(dataset)
         members = 0
         for annotation in masked["annotations"]:
-            in_bin = annotation["id"] in overlaps and overlap_bin_of(overlaps[annotation["id"]]) == name
+            in_bin = (
+                annotation["id"] in overlaps and overlap_bin_of(overlaps[annotation["id"]]) == name
+            )
             members += in_bin
             if not in_bin:
                 annotation["iscrowd"] = 1

@@ -58,8 +58,11 @@ class MatchTable:
         with contextlib.redirect_stdout(io.StringIO()):
             detections = gt.loadRes(copy.deepcopy(predictions)) if predictions else COCO()
             if not predictions:
-                detections.dataset = {"images": gt.dataset["images"], "annotations": [],
-                                      "categories": gt.dataset["categories"]}
+                detections.dataset = {
+                    "images": gt.dataset["images"],
+                    "annotations": [],
+                    "categories": gt.dataset["categories"],
+                }
                 detections.createIndex()
             evaluation = COCOeval(gt, detections, self.iou_type)
             evaluation.params.imgIds = self.image_ids
@@ -70,7 +73,7 @@ class MatchTable:
         per_category = []
         num_thresholds = len(evaluation.params.iouThrs)
         for k, _ in enumerate(evaluation.params.catIds):
-            records = evaluation.evalImgs[k * self.num_images:(k + 1) * self.num_images]
+            records = evaluation.evalImgs[k * self.num_images : (k + 1) * self.num_images]
             scores, images, ranks, matched, ignored = [], [], [], [], []
             gt_count = np.zeros(self.num_images, dtype=np.int64)
             for record in records:
@@ -83,7 +86,9 @@ class MatchTable:
                 images.append(np.full(n, i))
                 ranks.append(np.arange(n))
                 matched.append(np.asarray(record["dtMatches"]).reshape(num_thresholds, n) > 0)
-                ignored.append(np.asarray(record["dtIgnore"], dtype=bool).reshape(num_thresholds, n))
+                ignored.append(
+                    np.asarray(record["dtIgnore"], dtype=bool).reshape(num_thresholds, n)
+                )
             if scores:
                 # COCOeval's order: scores descending, ties in image order (stable sort).
                 order = np.argsort(-np.concatenate(scores), kind="mergesort")
@@ -94,13 +99,15 @@ class MatchTable:
             else:
                 matched_all = ignored_all = np.zeros((num_thresholds, 0), dtype=bool)
                 image_index = rank = np.zeros(0, dtype=np.int64)
-            per_category.append(_CategoryMatches(
-                image_index=image_index,
-                rank=rank,
-                true_positive=matched_all & ~ignored_all,
-                false_positive=~matched_all & ~ignored_all,
-                gt_count=gt_count,
-            ))
+            per_category.append(
+                _CategoryMatches(
+                    image_index=image_index,
+                    rank=rank,
+                    true_positive=matched_all & ~ignored_all,
+                    false_positive=~matched_all & ~ignored_all,
+                    gt_count=gt_count,
+                )
+            )
         return per_category
 
     def metrics(self, weights: np.ndarray = None) -> Dict[str, float]:

@@ -31,12 +31,19 @@ from .statistics import (  # noqa: E402
     metric_estimate,
     pool_seeds,
 )
-from .verdicts import CROWDED, CLEAR, judge_claims  # noqa: E402
+from .verdicts import CLEAR, CROWDED, judge_claims  # noqa: E402
 
 ITERATIONS, TIME_BUDGET = "iterations", "time budget"
-METRIC_COLUMNS = (("AP", "box AP"), ("AP50", "AP50"), ("AP75", "AP75"), ("AR1", "AR@1"),
-                  ("AR10", "AR@10"), ("AR100", "AR@100"), ("R50", "recall@0.5"),
-                  ("R75", "recall@0.75"))
+METRIC_COLUMNS = (
+    ("AP", "box AP"),
+    ("AP50", "AP50"),
+    ("AP75", "AP75"),
+    ("AR1", "AR@1"),
+    ("AR10", "AR@10"),
+    ("AR100", "AR@100"),
+    ("R50", "recall@0.5"),
+    ("R75", "recall@0.75"),
+)
 GROUP_METRICS = (("AP", "AP"), ("R50", "recall@0.5"), ("R75", "recall@0.75"))
 
 
@@ -58,7 +65,9 @@ def group_series(runs: List[dict]) -> List[Series]:
         grouped[(run["name"], run["schedule"])].append(run)
     return [
         Series(name, runs[0]["meta_architecture"], schedule, sorted(runs, key=lambda r: r["seed"]))
-        for (name, schedule), runs in sorted(grouped.items(), key=lambda kv: (kv[0][1] != ITERATIONS, kv[0][0]))
+        for (name, schedule), runs in sorted(
+            grouped.items(), key=lambda kv: (kv[0][1] != ITERATIONS, kv[0][0])
+        )
     ]
 
 
@@ -87,34 +96,46 @@ class DatasetResults:
             self.ground_truth = json.load(f)
         groups = group_datasets(self.ground_truth)
         coco = {name: analysis.coco_from_dict(d) for name, d in groups.items()}
-        self.group_sizes = {name: sum(not a.get("iscrowd", 0) for a in d["annotations"])
-                            for name, d in groups.items()}
+        self.group_sizes = {
+            name: sum(not a.get("iscrowd", 0) for a in d["annotations"])
+            for name, d in groups.items()
+        }
         self.num_images = len(self.ground_truth["images"])
         self.image_weights = bootstrap.image_weights(self.num_images, num_resamples, seed)
         self.series: List[Series] = []
         self.mask_ap: Dict[str, Estimate] = {}
         for index, template in enumerate(series_runs):
-            series = Series(template.name, template.meta_architecture, template.schedule, template.runs)
+            series = Series(
+                template.name, template.meta_architecture, template.schedule, template.runs
+            )
             draws = bootstrap.seed_draws(len(series.runs), num_resamples, seed + 1 + index)
             evaluate_series(
                 series,
                 [_predictions(r, r["curve"][-1], dataset) for r in series.runs],
-                [[(p["train_seconds"], _predictions(r, p, dataset)) for p in r["curve"]]
-                 for r in series.runs],
-                coco, self.image_weights, draws,
+                [
+                    [(p["train_seconds"], _predictions(r, p, dataset)) for p in r["curve"]]
+                    for r in series.runs
+                ],
+                coco,
+                self.image_weights,
+                draws,
             )
             self.series.append(series)
             if all("segm" in r["curve"][-1]["datasets"][dataset] for r in series.runs):
                 self.mask_ap[series.label] = self._mask_ap(series, coco[ALL], draws)
 
     def _mask_ap(self, series: Series, gt, draws: np.ndarray) -> Estimate:
-        tables = [bootstrap.MatchTable(gt, _predictions(r, r["curve"][-1], self.dataset, False), "segm")
-                  for r in series.runs]
+        tables = [
+            bootstrap.MatchTable(gt, _predictions(r, r["curve"][-1], self.dataset, False), "segm")
+            for r in series.runs
+        ]
         per_seed = [t.metrics()["AP"] for t in tables]
         values = np.array([[t.metrics(w)["AP"] for w in self.image_weights] for t in tables])
         return Estimate.of(float(np.mean(per_seed)), pool_seeds(values, draws), per_seed)
 
-    def find(self, meta_architecture: str, schedule: str, with_masks: Optional[bool] = None) -> Optional[Series]:
+    def find(
+        self, meta_architecture: str, schedule: str, with_masks: Optional[bool] = None
+    ) -> Optional[Series]:
         for series in self.series:
             if series.meta_architecture != meta_architecture or series.schedule != schedule:
                 continue
@@ -135,7 +156,10 @@ def pairings(results: DatasetResults) -> List[Tuple[str, Series, Series]]:
         baseline = results.find("GeneralizedRCNN", ITERATIONS, with_masks)
         if baseline is None:
             continue
-        for budget, fcos_schedule in (("equal iterations", ITERATIONS), ("equal time", TIME_BUDGET)):
+        for budget, fcos_schedule in (
+            ("equal iterations", ITERATIONS),
+            ("equal time", TIME_BUDGET),
+        ):
             fcos = results.find("FCOS", fcos_schedule)
             if fcos is not None:
                 pairs.append((budget, fcos, baseline))
@@ -151,18 +175,33 @@ def _run_column(series: Series, key: str, digits: int, scale: float = 1.0) -> st
 
 
 def metrics_table(results: DatasetResults) -> str:
-    headers = ["model (schedule)", "seeds", "iterations", "train min", "train s/iter",
-               *(title for _, title in METRIC_COLUMNS), "mask AP", "infer s/img", "peak MB"]
+    headers = [
+        "model (schedule)",
+        "seeds",
+        "iterations",
+        "train min",
+        "train s/iter",
+        *(title for _, title in METRIC_COLUMNS),
+        "mask AP",
+        "infer s/img",
+        "peak MB",
+    ]
     rows = []
     for s in results.series:
         infer = [r["infer_s_per_image"].get(results.dataset) for r in s.runs]
-        rows.append([
-            s.label, len(s.runs), _run_column(s, "max_iter", 0), _run_column(s, "train_seconds", 1, 1 / 60),
-            _run_column(s, "train_s_per_iter", 3),
-            *(metric_estimate(s, ALL, m).text() for m, _ in METRIC_COLUMNS),
-            results.mask_ap[s.label].text() if s.label in results.mask_ap else "–",
-            f"{np.mean(infer):.4f}", _run_column(s, "peak_memory_mb", 0),
-        ])
+        rows.append(
+            [
+                s.label,
+                len(s.runs),
+                _run_column(s, "max_iter", 0),
+                _run_column(s, "train_seconds", 1, 1 / 60),
+                _run_column(s, "train_s_per_iter", 3),
+                *(metric_estimate(s, ALL, m).text() for m, _ in METRIC_COLUMNS),
+                results.mask_ap[s.label].text() if s.label in results.mask_ap else "–",
+                f"{np.mean(infer):.4f}",
+                _run_column(s, "peak_memory_mb", 0),
+            ]
+        )
     return tabulate(rows, headers=headers, tablefmt="pipe")
 
 
@@ -172,20 +211,32 @@ def overlap_tables(results: DatasetResults) -> str:
     headers = ["model (schedule)", *(f"{g} ({results.group_sizes[g]} boxes)" for g in groups)]
     tables = []
     for metric, title in GROUP_METRICS:
-        rows = [[s.label, *(metric_estimate(s, g, metric).text() for g in groups)] for s in results.series]
+        rows = [
+            [s.label, *(metric_estimate(s, g, metric).text() for g in groups)]
+            for s in results.series
+        ]
         tables += [f"**{title}**", "", tabulate(rows, headers=headers, tablefmt="pipe"), ""]
     return "\n".join(tables)
 
 
 def plot_learning_curves(all_results: List[DatasetResults], path: str) -> None:
-    fig, axes = plt.subplots(1, len(all_results), figsize=(6.2 * len(all_results), 4.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(all_results), figsize=(6.2 * len(all_results), 4.4), squeeze=False
+    )
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, results in zip(axes[0], all_results):
         for i, series in enumerate(results.series):
             style = "-" if series.schedule == ITERATIONS else "--"
             for j, (seconds, ap) in enumerate(series.curve_ap):
-                ax.plot(np.r_[0, seconds] / 60, np.r_[0, ap[:, 0]], style, marker="o", markersize=3,
-                        color=colors[i % len(colors)], label=series.label if j == 0 else None)
+                ax.plot(
+                    np.r_[0, seconds] / 60,
+                    np.r_[0, ap[:, 0]],
+                    style,
+                    marker="o",
+                    markersize=3,
+                    color=colors[i % len(colors)],
+                    label=series.label if j == 0 else None,
+                )
         ax.set_title(f"{results.dataset}: box AP against training time")
         ax.set_xlabel("training time (min, evaluations excluded)")
         ax.set_ylabel("box AP")
@@ -198,15 +249,25 @@ def plot_learning_curves(all_results: List[DatasetResults], path: str) -> None:
 
 def plot_overlap(all_results: List[DatasetResults], path: str) -> None:
     groups = [name for name, _, _ in analysis.OVERLAP_GROUPS]
-    fig, axes = plt.subplots(1, len(all_results), figsize=(6.2 * len(all_results), 4.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(all_results), figsize=(6.2 * len(all_results), 4.4), squeeze=False
+    )
     for ax, results in zip(axes[0], all_results):
         width = 0.8 / max(len(results.series), 1)
         for i, series in enumerate(results.series):
             estimates = [metric_estimate(series, g, "R50") for g in groups]
             values = np.array([e.value for e in estimates])
-            errors = np.array([[e.value - e.low for e in estimates], [e.high - e.value for e in estimates]])
-            ax.bar(np.arange(len(groups)) + i * width, values, width, yerr=errors, capsize=2,
-                   label=series.label)
+            errors = np.array(
+                [[e.value - e.low for e in estimates], [e.high - e.value for e in estimates]]
+            )
+            ax.bar(
+                np.arange(len(groups)) + i * width,
+                values,
+                width,
+                yerr=errors,
+                capsize=2,
+                label=series.label,
+            )
         ax.set_xticks(np.arange(len(groups)) + width * (len(results.series) - 1) / 2)
         ax.set_xticklabels([f"{g}\n({results.group_sizes[g]} boxes)" for g in groups], fontsize=8)
         ax.set_ylabel("recall at IoU 0.5 (95% interval)")
@@ -222,14 +283,18 @@ def plot_overlap(all_results: List[DatasetResults], path: str) -> None:
 
 def plot_recall_vs_iou(all_results: List[DatasetResults], path: str) -> None:
     """Recall against the IoU threshold, from each series' first seed."""
-    fig, axes = plt.subplots(1, len(all_results), figsize=(6.2 * len(all_results), 4.0), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(all_results), figsize=(6.2 * len(all_results), 4.0), squeeze=False
+    )
     for ax, results in zip(axes[0], all_results):
         gt = analysis.coco_from_dict(results.ground_truth)
         for series in results.series:
             run = series.runs[0]
             x, y = analysis.recall_vs_iou(gt, _predictions(run, run["curve"][-1], results.dataset))
             ax.plot(x, 100 * y, marker="o", markersize=3, label=series.label)
-        ax.set_title(f"{results.dataset}: recall against IoU threshold (seed {series.runs[0]['seed']})")
+        ax.set_title(
+            f"{results.dataset}: recall against IoU threshold (seed {series.runs[0]['seed']})"
+        )
         ax.set_xlabel("IoU threshold")
         ax.set_ylabel("recall, 100 detections per image")
         ax.grid(alpha=0.3)
@@ -242,8 +307,13 @@ def plot_recall_vs_iou(all_results: List[DatasetResults], path: str) -> None:
 def _verdict_record(dataset: str, budget: str, fcos: Series, baseline: Series, verdict) -> dict:
     d = verdict.difference
     return {
-        "dataset": dataset, "budget": budget, "fcos": fcos.label, "baseline": baseline.label,
-        "claim": verdict.claim, "verdict": verdict.verdict, "margin": verdict.margin,
+        "dataset": dataset,
+        "budget": budget,
+        "fcos": fcos.label,
+        "baseline": baseline.label,
+        "claim": verdict.claim,
+        "verdict": verdict.verdict,
+        "margin": verdict.margin,
         "difference": None if d is None else [d.value, d.low, d.high],
         "evidence": verdict.evidence,
     }
@@ -254,21 +324,34 @@ def _difference_text(record: dict) -> str:
         return "–"
     value, low, high = record["difference"]
     if record["claim"].startswith("Training"):
-        return f"{100 * value:+.0f}% [{100 * low:+.0f}%, {100 * high:+.0f}%] (margin {100 * record['margin']:.0f}%)"
+        margin = 100 * record["margin"]
+        return f"{100 * value:+.0f}% [{100 * low:+.0f}%, {100 * high:+.0f}%] (margin {margin:.0f}%)"
     return f"{value:+.1f} [{low:+.1f}, {high:+.1f}] (margin {record['margin']:.0f})"
 
 
 def verdict_table(records: List[dict]) -> str:
     if not records:
         return "No FCOS / R-CNN pair to judge."
-    rows = [[r["budget"], r["claim"], f"**{r['verdict']}**", _difference_text(r), r["evidence"]]
-            for r in records]
-    return tabulate(rows, headers=["budget", "claim", "verdict", "difference (favouring the claim) [95%]",
-                                   "evidence"], tablefmt="pipe")
+    rows = [
+        [r["budget"], r["claim"], f"**{r['verdict']}**", _difference_text(r), r["evidence"]]
+        for r in records
+    ]
+    return tabulate(
+        rows,
+        headers=[
+            "budget",
+            "claim",
+            "verdict",
+            "difference (favouring the claim) [95%]",
+            "evidence",
+        ],
+        tablefmt="pipe",
+    )
 
 
-def write_report(runs_root: str, output_dir: str, num_resamples: int = 1000, seed: int = 0,
-                 command: str = "") -> Dict:
+def write_report(
+    runs_root: str, output_dir: str, num_resamples: int = 1000, seed: int = 0, command: str = ""
+) -> Dict:
     """Analyse every run under ``runs_root``; write report.md, plots and report.json there."""
     os.makedirs(output_dir, exist_ok=True)
     runs = load_runs(runs_root)
@@ -285,37 +368,62 @@ def write_report(runs_root: str, output_dir: str, num_resamples: int = 1000, see
     records = []
     for results in all_results:
         for budget, fcos, baseline in pairings(results):
-            verdicts = judge_claims(fcos, baseline, results.group_sizes[CROWDED], results.group_sizes[CLEAR])
-            records += [_verdict_record(results.dataset, budget, fcos, baseline, v) for v in verdicts]
+            verdicts = judge_claims(
+                fcos, baseline, results.group_sizes[CROWDED], results.group_sizes[CLEAR]
+            )
+            records += [
+                _verdict_record(results.dataset, budget, fcos, baseline, v) for v in verdicts
+            ]
 
     lines = [
-        "# FCOS against R-CNN baselines: do the claims hold?", "",
-        f"Command: `{command}`" if command else "", "",
+        "# FCOS against R-CNN baselines: do the claims hold?",
+        "",
+        f"Command: `{command}`" if command else "",
+        "",
         f"Runs: {len(runs)} ({', '.join(f'{s.label}: {len(s.runs)} seed(s)' for s in series)}). "
         f"Every number is computed with pycocotools' matching from the saved predictions. "
-        f"Intervals are 95% bootstrap percentile intervals ({num_resamples} resamples, seed {seed}) "
+        "Intervals are 95% bootstrap percentile intervals "
+        f"({num_resamples} resamples, seed {seed}) "
         "over validation images and, where a model has several seeds, over its seeds "
         "(`fcos_d2/comparison/statistics.py` says how the two are pooled); `±` is the standard "
-        "deviation across seeds. Training time excludes the evaluations along the way.", "",
-        "![AP against training time](ap_vs_time.png)", "",
+        "deviation across seeds. Training time excludes the evaluations along the way.",
+        "",
+        "![AP against training time](ap_vs_time.png)",
+        "",
     ]
     for results in all_results:
         lines += [
-            f"## {results.dataset} ({results.num_images} images, {results.group_sizes[ALL]} boxes)", "",
-            "### Verdicts", "",
+            f"## {results.dataset} ({results.num_images} images, {results.group_sizes[ALL]} boxes)",
+            "",
+            "### Verdicts",
+            "",
             verdict_table([r for r in records if r["dataset"] == results.dataset]),
-            "", "### Metrics", "", metrics_table(results), "",
-            "### By overlap", "",
+            "",
+            "### Metrics",
+            "",
+            metrics_table(results),
+            "",
+            "### By overlap",
+            "",
             "A box's overlap is its largest IoU with another box of its image; in each group the "
             "other boxes count as crowd (detections of them are ignored). Boxes per group in "
-            "parentheses.", "", overlap_tables(results),
+            "parentheses.",
+            "",
+            overlap_tables(results),
         ]
-    lines += ["## Plots", "", "![recall by overlap](recall_by_overlap.png)", "",
-              "![recall against IoU](recall_vs_iou.png)", "",
-              "## How the verdicts are reached", "",
-              "See `fcos_d2/comparison/verdicts.py`: a claim is *supported* only when the whole "
-              "interval of its difference lies beyond the margin in its favour, *not supported* "
-              "only when it lies wholly beyond the margin against it, and *inconclusive* otherwise."]
+    lines += [
+        "## Plots",
+        "",
+        "![recall by overlap](recall_by_overlap.png)",
+        "",
+        "![recall against IoU](recall_vs_iou.png)",
+        "",
+        "## How the verdicts are reached",
+        "",
+        "See `fcos_d2/comparison/verdicts.py`: a claim is *supported* only when the whole "
+        "interval of its difference lies beyond the margin in its favour, *not supported* "
+        "only when it lies wholly beyond the margin against it, and *inconclusive* otherwise.",
+    ]
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
 
@@ -326,8 +434,10 @@ def write_report(runs_root: str, output_dir: str, num_resamples: int = 1000, see
                 s.label: {
                     "runs": [os.path.basename(run["run_dir"]) for run in s.runs],
                     "train_seconds": [run["train_seconds"] for run in s.runs],
-                    "metrics": {g: {m: metric_estimate(s, g, m).__dict__ for m in bootstrap.METRICS}
-                                for g in s.point},
+                    "metrics": {
+                        g: {m: metric_estimate(s, g, m).__dict__ for m in bootstrap.METRICS}
+                        for g in s.point
+                    },
                 }
                 for s in r.series
             }

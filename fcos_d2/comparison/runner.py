@@ -60,7 +60,9 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def evaluate(model: nn.Module, cfg: CfgNode, dataset: str, output_dir: str, with_masks: bool) -> dict:
+def evaluate(
+    model: nn.Module, cfg: CfgNode, dataset: str, output_dir: str, with_masks: bool
+) -> dict:
     """COCO evaluation of ``model`` on ``dataset``; predictions saved in ``output_dir``.
 
     Returns:
@@ -133,9 +135,12 @@ def scaled_schedule_opts(cfg: CfgNode, max_iter: int, eval_period: int) -> Tuple
     fraction = max_iter / cfg.SOLVER.MAX_ITER
     steps = tuple(max(1, round(step * fraction)) for step in cfg.SOLVER.STEPS)
     return [
-        "SOLVER.MAX_ITER", str(max_iter),
-        "SOLVER.STEPS", str(steps),
-        "SOLVER.WARMUP_ITERS", str(min(cfg.SOLVER.WARMUP_ITERS, max_iter // 2)),
+        "SOLVER.MAX_ITER",
+        str(max_iter),
+        "SOLVER.STEPS",
+        str(steps),
+        "SOLVER.WARMUP_ITERS",
+        str(min(cfg.SOLVER.WARMUP_ITERS, max_iter // 2)),
     ], max(1, round(eval_period * fraction))
 
 
@@ -152,9 +157,20 @@ def _median_iteration_seconds(metrics_file: str, skip: int = 0) -> Optional[floa
 def calibrate_seconds_per_iteration(config_file: str, opts: Sequence[str], run_dir: str) -> float:
     """Train ``CALIBRATION_ITERS`` iterations and return the median seconds per iteration."""
     calibration_dir = os.path.join(run_dir, "calibration")
-    cfg = setup_cfg(config_file, [*opts, "OUTPUT_DIR", calibration_dir,
-                                  "SOLVER.MAX_ITER", str(CALIBRATION_ITERS),
-                                  "SOLVER.CHECKPOINT_PERIOD", "1000000", "DATASETS.TEST", "()"])
+    cfg = setup_cfg(
+        config_file,
+        [
+            *opts,
+            "OUTPUT_DIR",
+            calibration_dir,
+            "SOLVER.MAX_ITER",
+            str(CALIBRATION_ITERS),
+            "SOLVER.CHECKPOINT_PERIOD",
+            "1000000",
+            "DATASETS.TEST",
+            "()",
+        ],
+    )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
@@ -183,8 +199,17 @@ def train_and_evaluate(
             ``scaled_schedule_opts``) to the iterations that fit, timed beforehand.
     """
     os.makedirs(run_dir, exist_ok=True)
-    base_opts = [*opts, "SEED", str(seed), "DATASETS.TEST", "()", "TEST.EVAL_PERIOD", "0",
-                 "SOLVER.CHECKPOINT_PERIOD", "1000000"]
+    base_opts = [
+        *opts,
+        "SEED",
+        str(seed),
+        "DATASETS.TEST",
+        "()",
+        "TEST.EVAL_PERIOD",
+        "0",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000000",
+    ]
     cfg = setup_cfg(config_file, [*base_opts, "OUTPUT_DIR", run_dir])
     eval_period = max(1, cfg.SOLVER.MAX_ITER // num_evaluations)
     calibrated = None

@@ -96,9 +96,15 @@ def evaluate_series(
     ]
     # Per seed: (C,) seconds and (C, 1 + B) AP of each evaluation, whole set first.
     series.curve_ap = [
-        (np.array([s for s, _ in curve]),
-         np.array([[t.metrics()["AP"]] + [t.metrics(w)["AP"] for w in image_weights]
-                   for _, t in curve]))
+        (
+            np.array([s for s, _ in curve]),
+            np.array(
+                [
+                    [t.metrics()["AP"]] + [t.metrics(w)["AP"] for w in image_weights]
+                    for _, t in curve
+                ]
+            ),
+        )
         for curve in series.curves
     ]
 
@@ -133,17 +139,20 @@ def time_to_reach(points: Sequence[Tuple[float, float]], target: float) -> float
 
 def time_to_reach_replicates(series: Series, target: float) -> np.ndarray:
     """(B,) bootstrap replicates of the mean (over drawn seeds) time to reach ``target``."""
-    per_seed = np.array([
-        [time_to_reach(zip(seconds, ap[:, b]), target) for b in range(1, ap.shape[1])]
-        for seconds, ap in series.curve_ap
-    ])  # (S, B)
+    per_seed = np.array(
+        [
+            [time_to_reach(zip(seconds, ap[:, b]), target) for b in range(1, ap.shape[1])]
+            for seconds, ap in series.curve_ap
+        ]
+    )  # (S, B)
     return pool_seeds(per_seed, series.seed_draws)
 
 
 def point_time_to_reach(series: Series, target: float) -> float:
     """Mean over seeds of the time to reach ``target`` AP on the whole validation set."""
-    return float(np.mean([time_to_reach(zip(seconds, ap[:, 0]), target)
-                          for seconds, ap in series.curve_ap]))
+    return float(
+        np.mean([time_to_reach(zip(seconds, ap[:, 0]), target) for seconds, ap in series.curve_ap])
+    )
 
 
 @dataclass
@@ -168,25 +177,35 @@ class Estimate:
 
 
 def metric_estimate(series: Series, group: str, metric: str) -> Estimate:
-    return Estimate.of(series.point[group][metric], series.replicates[group][metric],
-                       series.per_seed[group][metric])
+    return Estimate.of(
+        series.point[group][metric],
+        series.replicates[group][metric],
+        series.per_seed[group][metric],
+    )
 
 
 def difference_estimate(a: Series, b: Series, group: str, metric: str) -> Estimate:
     """a − b, paired over images."""
-    return Estimate.of(a.point[group][metric] - b.point[group][metric],
-                       a.replicates[group][metric] - b.replicates[group][metric])
+    return Estimate.of(
+        a.point[group][metric] - b.point[group][metric],
+        a.replicates[group][metric] - b.replicates[group][metric],
+    )
 
 
 def drop_estimate(series: Series, metric: str, clear: str, crowded: str) -> Estimate:
     """How much ``metric`` falls from the ``clear`` group to the ``crowded`` group."""
-    return Estimate.of(series.point[clear][metric] - series.point[crowded][metric],
-                       series.replicates[clear][metric] - series.replicates[crowded][metric])
+    return Estimate.of(
+        series.point[clear][metric] - series.point[crowded][metric],
+        series.replicates[clear][metric] - series.replicates[crowded][metric],
+    )
 
 
-def drop_difference_estimate(a: Series, b: Series, metric: str, clear: str, crowded: str) -> Estimate:
+def drop_difference_estimate(
+    a: Series, b: Series, metric: str, clear: str, crowded: str
+) -> Estimate:
     """a's drop minus b's drop (> 0: a loses more on crowded boxes)."""
     drop_a, drop_b = (drop_estimate(s, metric, clear, crowded) for s in (a, b))
-    replicates = ((a.replicates[clear][metric] - a.replicates[crowded][metric])
-                  - (b.replicates[clear][metric] - b.replicates[crowded][metric]))
+    replicates = (a.replicates[clear][metric] - a.replicates[crowded][metric]) - (
+        b.replicates[clear][metric] - b.replicates[crowded][metric]
+    )
     return Estimate.of(drop_a.value - drop_b.value, replicates)

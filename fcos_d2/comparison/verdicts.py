@@ -80,15 +80,25 @@ def verdict_from_interval(low: float, high: float, margin: float) -> str:
 
 
 def _judge(claim: str, difference: Estimate, margin: float, evidence: str) -> Verdict:
-    return Verdict(claim, verdict_from_interval(difference.low, difference.high, margin),
-                   difference, margin, evidence)
+    return Verdict(
+        claim,
+        verdict_from_interval(difference.low, difference.high, margin),
+        difference,
+        margin,
+        evidence,
+    )
 
 
 def judge_training_time(fcos: Series, baseline: Series) -> Verdict:
     target = TIME_TARGET_FRACTION * min(fcos.point[ALL]["AP"], baseline.point[ALL]["AP"])
     if target <= 0:
-        return Verdict(CLAIMS[0], INCONCLUSIVE, None, TIME_MARGIN,
-                       "no common AP to reach: a model ended at 0 AP")
+        return Verdict(
+            CLAIMS[0],
+            INCONCLUSIVE,
+            None,
+            TIME_MARGIN,
+            "no common AP to reach: a model ended at 0 AP",
+        )
     fcos_seconds = point_time_to_reach(fcos, target)
     baseline_seconds = point_time_to_reach(baseline, target)
     fcos_replicates = time_to_reach_replicates(fcos, target)
@@ -133,11 +143,18 @@ def judge_precision(fcos: Series, baseline: Series) -> Verdict:
 
 def judge_overlap(fcos: Series, baseline: Series, num_crowded: int, num_clear: int) -> Verdict:
     if num_crowded < MIN_GROUP_BOXES or num_clear < MIN_GROUP_BOXES:
-        return Verdict(CLAIMS[3], INCONCLUSIVE, None, METRIC_MARGIN,
-                       f"too few boxes to judge ({num_crowded} overlap > 0.3, {num_clear} none)")
+        return Verdict(
+            CLAIMS[3],
+            INCONCLUSIVE,
+            None,
+            METRIC_MARGIN,
+            f"too few boxes to judge ({num_crowded} overlap > 0.3, {num_clear} none)",
+        )
     difference = drop_difference_estimate(fcos, baseline, "R50", CLEAR, CROWDED)
-    drops = {name: (drop_estimate(s, "R50", CLEAR, CROWDED), drop_estimate(s, "AP", CLEAR, CROWDED))
-             for name, s in (("FCOS", fcos), ("baseline", baseline))}
+    drops = {
+        name: (drop_estimate(s, "R50", CLEAR, CROWDED), drop_estimate(s, "AP", CLEAR, CROWDED))
+        for name, s in (("FCOS", fcos), ("baseline", baseline))
+    }
     evidence = (
         f"recall@0.5 fall from no overlap to IoU > 0.3: FCOS {drops['FCOS'][0].text()}, "
         f"baseline {drops['baseline'][0].text()}; AP fall {drops['FCOS'][1].text()} vs "
