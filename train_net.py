@@ -16,7 +16,7 @@ import fcos_d2  # noqa: F401  (first: registers FCOS, silences third-party warni
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup, hooks, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -54,11 +54,17 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         results = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            results.update(Trainer.test_with_TTA(cfg, model))
         if comm.is_main_process():
             verify_results(cfg, results)
         return results
     trainer = Trainer(cfg)
     check_num_classes(trainer.model, cfg.MODEL.WEIGHTS, fine_tuning=True)
+    if cfg.TEST.AUG.ENABLED:
+        trainer.register_hooks(
+            [hooks.EvalHook(0, lambda: trainer.test_with_TTA(cfg, trainer.model))]
+        )
     trainer.resume_or_load(resume=args.resume)
     trainer.train()
     # The evaluation DefaultTrainer runs after the last iteration (None if it did not).

@@ -49,7 +49,8 @@ def add_fcos_config(cfg: CN) -> None:
     _C.MODEL.FCOS.NORM_REG_TARGETS = True
     # Predict centerness from the regression tower (True) or the classification tower.
     _C.MODEL.FCOS.CENTERNESS_ON_REG = True
-    # Deformable conv (torchvision.ops.deform_conv2d) as the last conv of each tower.
+    # Modulated deformable conv (DCNv2, torchvision.ops.deform_conv2d with a mask) as the last
+    # conv of the classification and box towers, as in AdelaiDet (the shared tower stays plain).
     _C.MODEL.FCOS.USE_DEFORMABLE = False
 
     # Targets. Centre sampling: a location is positive only within radius * stride of the

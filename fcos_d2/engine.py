@@ -1,17 +1,23 @@
 """Detectron2's trainer, with what FCOS needs: COCO evaluation and crowd boxes kept."""
 
+import logging
 import os
 import re
+from collections import OrderedDict
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
+from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 
 from .classes import classes_of_dataset, write_classes
 from .dataset_mapper import CrowdAwareDatasetMapper, EightBitDatasetMapper
+from .tta import FCOSWithTTA
+
+logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
@@ -43,6 +49,24 @@ class Trainer(DefaultTrainer):
             f"Non-finite loss at iteration {self.iter}: {', '.join(terms) or 'unknown term'}. "
             f"Last checkpoint on disk: {checkpoint}. ({detectron2_message})"
         )
+
+    @classmethod
+    def test_with_TTA(cls, cfg: CfgNode, model):
+        """Evaluate with test-time augmentation (``TEST.AUG``): FCOS with :class:`FCOSWithTTA`,
+        R-CNNs with Detectron2's ``GeneralizedRCNNWithTTA``; results keyed ``<task>_TTA``."""
+        logger.info("Running inference with test-time augmentation ...")
+        if cfg.MODEL.META_ARCHITECTURE == "FCOS":
+            model = FCOSWithTTA(cfg, model)
+        else:
+            model = GeneralizedRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, model, evaluators)
+        return OrderedDict((task + "_TTA", value) for task, value in results.items())
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):

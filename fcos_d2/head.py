@@ -25,36 +25,66 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-class DeformableConv3x3(nn.Module):
-    """3x3 deformable conv whose offsets come from a plain conv initialised to zero.
+class ModulatedDeformConv3x3(nn.Module):
+    """3x3 modulated deformable conv (DCNv2), as AdelaiDet's ``DFConv2d``.
 
-    Uses ``torchvision.ops.deform_conv2d``, so no compiled extension is needed.
-    At initialisation it computes the same function as a plain 3x3 conv.
+    A plain 3x3 conv predicts, per output location, 18 offsets (a (y, x) pair for each
+    of the 9 taps) and 9 modulation logits; the deformable conv samples at the shifted
+    taps and weighs each by the sigmoid of its logit. ``torchvision.ops.deform_conv2d``
+    computes it, so no compiled extension is needed. Parameter names (``offset``,
+    ``conv``) are AdelaiDet's.
     """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
-        self.offset = nn.Conv2d(in_channels, 2 * 3 * 3, kernel_size=3, padding=1)
-        nn.init.zeros_(self.offset.weight)
-        nn.init.zeros_(self.offset.bias)  # (x, y) offsets of the 9 taps
+        self.offset = nn.Conv2d(in_channels, 3 * 3 * 3, kernel_size=3, padding=1)
         self.conv = DeformConv2d(in_channels, out_channels, kernel_size=3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(x, self.offset(x))
+        offset_mask = self.offset(x)  # (N, 27, H, W): 18 offsets, then 9 mask logits
+        return self.conv(x, offset_mask[:, :18], offset_mask[:, 18:].sigmoid())
 
 
-def _tower(channels: int, num_convs: int, norm: str, deformable_last: bool) -> nn.Sequential:
-    """``num_convs`` x (3x3 conv, norm, ReLU); the last conv deformable if asked."""
+class PerLevelNorm(nn.ModuleList):
+    """One normalization layer per pyramid level, chosen by the level being computed.
+
+    Batch statistics differ between levels (P3 and P7 see very different features), so
+    BN heads keep one BN per level, as AdelaiDet's FCOS-RT does; GroupNorm, whose
+    statistics are per image, stays shared.
+    """
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        return self[level](x)
+
+
+class Tower(nn.Sequential):
+    """A head tower: (conv, norm, ReLU) x N, with per-level norms given the level."""
+
+    def forward(self, x: Tensor, level: int) -> Tensor:
+        for layer in self:
+            x = layer(x, level) if isinstance(layer, PerLevelNorm) else layer(x)
+        return x
+
+
+def _tower(
+    channels: int, num_convs: int, norm: str, deformable_last: bool, num_levels: int
+) -> Tower:
+    """``num_convs`` x (3x3 conv, norm, ReLU); the last conv deformable (DCNv2) if asked.
+
+    BN and SyncBN get one layer per level (:class:`PerLevelNorm`); other norms are shared.
+    """
     layers: List[nn.Module] = []
     for i in range(num_convs):
         if deformable_last and i == num_convs - 1:
-            layers.append(DeformableConv3x3(channels, channels))
+            layers.append(ModulatedDeformConv3x3(channels, channels))
         else:
             layers.append(nn.Conv2d(channels, channels, kernel_size=3, padding=1))
-        if norm:
+        if norm in ("BN", "SyncBN"):
+            layers.append(PerLevelNorm([get_norm(norm, channels) for _ in range(num_levels)]))
+        elif norm:
             layers.append(get_norm(norm, channels))
         layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
+    return Tower(*layers)
 
 
 class FCOSHead(nn.Module):
@@ -88,12 +118,14 @@ class FCOSHead(nn.Module):
             num_classes: K, number of foreground classes.
             num_cls_convs, num_box_convs, num_share_convs: convs in the classification
                 tower, the box tower, and the shared tower in front of both.
-            norm: "GN", "BN", "SyncBN", or "" / "none" for no normalization.
+            norm: "GN", "BN", "SyncBN", or "" / "none" for no normalization; BN and
+                SyncBN keep one layer per level.
             prior_prob: initial foreground probability of the classifier.
             use_scale: learnable scalar per level on the regression output.
             norm_reg_targets: regress ReLU'd distances in stride units (else exp, pixels).
             centerness_on_reg: centerness from the box tower (else the class tower).
-            use_deformable: the last conv of each tower is deformable.
+            use_deformable: the last conv of the classification and box towers is a
+                modulated deformable conv (DCNv2), as in AdelaiDet; the shared tower stays plain.
         """
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -105,9 +137,10 @@ class FCOSHead(nn.Module):
         self.norm_reg_targets = norm_reg_targets
         self.centerness_on_reg = centerness_on_reg
 
-        self.share_tower = _tower(width, num_share_convs, norm, use_deformable)
-        self.cls_tower = _tower(width, num_cls_convs, norm, use_deformable)
-        self.box_tower = _tower(width, num_box_convs, norm, use_deformable)
+        levels = len(input_shape)
+        self.share_tower = _tower(width, num_share_convs, norm, False, levels)
+        self.cls_tower = _tower(width, num_cls_convs, norm, use_deformable, levels)
+        self.box_tower = _tower(width, num_box_convs, norm, use_deformable, levels)
         self.cls_logits = nn.Conv2d(width, num_classes, kernel_size=3, padding=1)
         self.box_pred = nn.Conv2d(width, 4, kernel_size=3, padding=1)
         self.centerness = nn.Conv2d(width, 1, kernel_size=3, padding=1)
@@ -136,10 +169,6 @@ class FCOSHead(nn.Module):
             if isinstance(module, (nn.Conv2d, DeformConv2d)):
                 nn.init.normal_(module.weight, std=0.01)
                 nn.init.zeros_(module.bias)
-        for module in self.modules():
-            if isinstance(module, DeformableConv3x3):
-                # Zero offsets: the head starts as a plain conv head.
-                nn.init.zeros_(module.offset.weight)
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(self, features: List[Tensor]) -> Tuple[List[Tensor], List[Tensor], List[Tensor]]:
@@ -153,9 +182,9 @@ class FCOSHead(nn.Module):
         """
         logits, box_dists, centerness = [], [], []
         for level, feature in enumerate(features):
-            shared = self.share_tower(feature)
-            cls_feature = self.cls_tower(shared)
-            box_feature = self.box_tower(shared)
+            shared = self.share_tower(feature, level)
+            cls_feature = self.cls_tower(shared, level)
+            box_feature = self.box_tower(shared, level)
             logits.append(self.cls_logits(cls_feature))
             centerness.append(
                 self.centerness(box_feature if self.centerness_on_reg else cls_feature)

@@ -181,6 +181,22 @@ def detect_single_image(
         thresh_with_centerness=thresh_with_centerness,
         topk_candidates=topk_candidates,
     )
+    return clip_nms_cap(boxes, scores, classes, image_size, nms_thresh, max_detections)
+
+
+def clip_nms_cap(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    image_size: Tuple,
+    nms_thresh: float,
+    max_detections: int,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """Candidates (C, 4), (C,), (C,) to detections: clip to ``image_size`` (height, width),
+    drop the boxes clipping left empty, class-aware NMS, keep the best ``max_detections``.
+
+    The end of :func:`detect_single_image`, also used to merge test-time augmentations.
+    """
     boxes = clip_boxes(boxes, *image_size)
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (C,)
     boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]

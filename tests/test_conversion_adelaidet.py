@@ -25,16 +25,34 @@ def model_state() -> Dict[str, Tensor]:
     return build_model(load_config(CONFIG)).state_dict()
 
 
-def adelaidet_head(g: torch.Generator) -> Dict[str, Tensor]:
-    """AdelaiDet's FCOSHead, GN towers of 4 convs: Sequential(conv, GN, ReLU) x 4."""
+def adelaidet_head(
+    g: torch.Generator, deformable: bool = False, bn: bool = False
+) -> Dict[str, Tensor]:
+    """AdelaiDet's FCOSHead: towers of 4 x Sequential(conv, norm, ReLU).
+
+    Written from AdelaiDet's source (adet/modeling/fcos/fcos.py, adet/layers/deform_conv.py):
+    GN towers by default; ``deformable``: the last conv of cls_tower and bbox_tower is a
+    DFConv2d (``offset`` conv of 27 channels, modulated ``conv`` with a bias, as the head
+    passes bias=True); ``bn``: each norm is a ModuleListDial of one BatchNorm2d per level.
+    """
     state = {}
     for tower in ("cls_tower", "bbox_tower"):
         for i in range(4):
             conv, norm = f"{HEAD}.{tower}.{3 * i}", f"{HEAD}.{tower}.{3 * i + 1}"
+            if deformable and i == 3:
+                state[f"{conv}.offset.weight"] = torch.randn(27, WIDTH, 3, 3, generator=g)
+                state[f"{conv}.offset.bias"] = torch.randn(27, generator=g)
+                conv = f"{conv}.conv"
             state[f"{conv}.weight"] = torch.randn(WIDTH, WIDTH, 3, 3, generator=g)
             state[f"{conv}.bias"] = torch.randn(WIDTH, generator=g)
-            state[f"{norm}.weight"] = torch.randn(WIDTH, generator=g)
-            state[f"{norm}.bias"] = torch.randn(WIDTH, generator=g)
+            norms = [f"{norm}.{level}" for level in range(NUM_LEVELS)] if bn else [norm]
+            for name in norms:
+                state[f"{name}.weight"] = torch.randn(WIDTH, generator=g)
+                state[f"{name}.bias"] = torch.randn(WIDTH, generator=g)
+                if bn:
+                    state[f"{name}.running_mean"] = torch.randn(WIDTH, generator=g)
+                    state[f"{name}.running_var"] = torch.rand(WIDTH, generator=g) + 0.5
+                    state[f"{name}.num_batches_tracked"] = torch.tensor(1000)
     for name, out in (("cls_logits", NUM_CLASSES), ("bbox_pred", 4), ("ctrness", 1)):
         state[f"{HEAD}.{name}.weight"] = torch.randn(out, WIDTH, 3, 3, generator=g)
         state[f"{HEAD}.{name}.bias"] = torch.randn(out, generator=g)
@@ -43,7 +61,7 @@ def adelaidet_head(g: torch.Generator) -> Dict[str, Tensor]:
     return state
 
 
-def adelaidet_checkpoint(model_state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+def adelaidet_checkpoint(model_state: Dict[str, Tensor], **head_options) -> Dict[str, Tensor]:
     """A random AdelaiDet FCOS_R_50_1x ``"model"`` dict. Its backbone has Detectron2's
     names, so they (and only they) are taken from the fcos_d2 model."""
     g = torch.Generator().manual_seed(0)
@@ -52,7 +70,7 @@ def adelaidet_checkpoint(model_state: Dict[str, Tensor]) -> Dict[str, Tensor]:
         for name, value in model_state.items()
         if name.startswith("backbone.")
     }
-    state.update(adelaidet_head(g))
+    state.update(adelaidet_head(g, **head_options))
     # Checkpoints of 2020 Detectron2 meta-archs also saved the input normalisation.
     state["pixel_mean"] = torch.tensor([103.53, 116.28, 123.675]).view(3, 1, 1)
     state["pixel_std"] = torch.ones(3, 1, 1)
@@ -160,3 +178,29 @@ def test_check_keys_accepts_exact_match_and_names_both_sides():
     message = str(error.value)
     assert "missing keys (1): b" in message
     assert "unexpected keys (1): c (from old.c)" in message
+
+
+def test_deformable_head_checkpoint_loads_into_a_dcnv2_model():
+    """AdelaiDet's DCN FCOS (USE_DEFORMABLE) and ours with USE_DEFORMABLE: the same modules."""
+    model = build_model(load_config(CONFIG, ["MODEL.FCOS.USE_DEFORMABLE", "True"]))
+    source = adelaidet_checkpoint(model.state_dict(), deformable=True)
+    model.load_state_dict(convert_adelaidet_fcos(source, model.state_dict()), strict=True)
+    for ours, theirs in (
+        (model.head.cls_tower[9], "cls_tower.9"),
+        (model.head.box_tower[9], "bbox_tower.9"),
+    ):
+        torch.testing.assert_close(ours.offset.weight, source[f"{HEAD}.{theirs}.offset.weight"])
+        torch.testing.assert_close(ours.conv.weight, source[f"{HEAD}.{theirs}.conv.weight"])
+        torch.testing.assert_close(ours.conv.bias, source[f"{HEAD}.{theirs}.conv.bias"])
+
+
+def test_per_level_batch_norm_head_checkpoint_loads_into_a_bn_model():
+    """AdelaiDet's BN heads (ModuleListDial: one BN per level) and ours with NORM BN."""
+    model = build_model(load_config(CONFIG, ["MODEL.FCOS.NORM", "BN"]))
+    source = adelaidet_checkpoint(model.state_dict(), bn=True)
+    model.load_state_dict(convert_adelaidet_fcos(source, model.state_dict()), strict=True)
+    for level in range(NUM_LEVELS):
+        torch.testing.assert_close(
+            model.head.box_tower[4][level].running_mean,
+            source[f"{HEAD}.bbox_tower.4.{level}.running_mean"],
+        )

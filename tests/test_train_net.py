@@ -255,3 +255,26 @@ def test_num_gpus_beyond_the_gpus_found_is_refused_before_launch(monkeypatch):
         SystemExit, match=r"--num-gpus 4, but 1 GPU\(s\) found: use --num-gpus 1 or fewer"
     ):
         check_num_gpus(4)
+
+
+def test_eval_only_with_test_time_augmentation(trained, tmp_path):
+    output_dir, _ = trained
+    results = run(
+        [],
+        tmp_path,
+        "--eval-only",
+        opts=[
+            "MODEL.WEIGHTS",
+            str(output_dir / "model_final.pth"),
+            "TEST.AUG.ENABLED",
+            "True",
+            "TEST.AUG.MIN_SIZES",
+            "(48, 64)",
+            "TEST.AUG.MAX_SIZE",
+            "100",
+            "TEST.AUG.FLIP",
+            "True",
+        ],
+    )
+    assert "bbox" in results and "bbox_TTA" in results
+    assert (tmp_path / "inference_TTA" / "tiny_val" / "coco_instances_results.json").is_file()
