@@ -136,8 +136,12 @@ class DatasetResults:
     def find(
         self, meta_architecture: str, schedule: str, with_masks: Optional[bool] = None
     ) -> Optional[Series]:
+        """The first series of this meta-architecture and schedule (R-CNNs: with Detectron2's
+        anchor RPN, not FCOS proposals; with or without masks as asked)."""
         for series in self.series:
             if series.meta_architecture != meta_architecture or series.schedule != schedule:
+                continue
+            if series.runs[0].get("proposal_generator") == "FCOS":
                 continue
             if with_masks is not None and (series.label in self.mask_ap) != with_masks:
                 continue

@@ -236,6 +236,7 @@ def train_and_evaluate(
         "config": config_file,
         "opts": list(opts),
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
+        "proposal_generator": cfg.MODEL.PROPOSAL_GENERATOR.NAME,
         "seed": seed,
         "schedule": "time budget" if budget_seconds is not None else "iterations",
         "budget_seconds": budget_seconds,
