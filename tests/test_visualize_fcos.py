@@ -44,6 +44,7 @@ def test_tool_writes_the_picture(tmp_path):
     output = tmp_path / "view.png"
     code = visualize_fcos.main(
         [
+            "--input",
             str(image),
             "--config-file",
             str(QUICK_CONFIG),

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train FCOS and R-CNN baselines alike, evaluate them along the way, judge the claims.
 
-    python tools/compare.py --quick          # FCOS vs Mask R-CNN, short: ~12 min on 2 CPU cores
+    python tools/compare.py --quick          # FCOS vs Mask R-CNN, short (meant for < 15 min)
     python tools/compare.py --full           # FCOS, Mask R-CNN, Faster R-CNN; 2 seeds; equal
                                              # iterations and equal time; hours on CPU
     python tools/compare.py --config-file A.yaml --config-file B.yaml --seeds 3 \
@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import List, Optional
+
+from detectron2.data import DatasetCatalog
 
 from fcos_d2.coco_dataset import register_coco_datasets
 from fcos_d2.comparison import runner
@@ -183,7 +185,8 @@ def plan_and_run(args, configs: List[str]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
     args.datasets = args.datasets or list(VAL_DATASETS)
-    register_coco_datasets(args.register_coco)
+    # Names registered by an earlier call in this process (the same command) stay as they are.
+    register_coco_datasets([s for s in args.register_coco if s[0] not in DatasetCatalog.list()])
     if args.run_one:
         config, run_dir, seed, budget = args.run_one
         runner.train_and_evaluate(

@@ -2,8 +2,9 @@
 """See how FCOS sees one image: per-level score and centerness maps, and for the top
 detections the location that produced each box with its (l, t, r, b) distances.
 
-    python tools/visualize_fcos.py IMAGE --config-file configs/shapes/FCOS_R_18_shapes_cpu.yaml \
-        --output fcos_view.png [--top 5] MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/visualize_fcos.py --input IMAGE \
+        --config-file configs/shapes/FCOS_R_18_shapes_cpu.yaml --output fcos_view.png \
+        [--top 5] MODEL.WEIGHTS output/demo/model_final.pth
 
 Top row: the image with the top detections; a dot marks the location whose prediction
 became the box, arrows its distances to the four sides. Then one column per pyramid level
@@ -78,11 +79,13 @@ def locate_detections(model, per_level, boxes, scores, classes, image_size):
 def draw(image_rgb: np.ndarray, model, per_level, detections, names: List[str], path: str) -> None:
     boxes, scores, classes, origins = detections
     num_levels = len(per_level)
-    fig = plt.figure(figsize=(3.2 * max(num_levels, 3), 3.2 * 4))
-    grid = fig.add_gridspec(4, max(num_levels, 3))
-    ax = fig.add_subplot(grid[0, :])
-    ax.imshow(image_rgb)
-    ax.set_title("top detections: the location that produced each box, and its (l, t, r, b)")
+    columns = max(num_levels, 3)
+    # The detections large on top (3 rows' height), the per-level maps below.
+    fig = plt.figure(figsize=(3.4 * columns, 3.4 * (3 + 3)))
+    grid = fig.add_gridspec(6, columns)
+    ax = fig.add_subplot(grid[0:3, :])
+    ax.imshow(image_rgb, interpolation="nearest")
+    ax.set_title("top detections: the location (dot) that produced each box, and its l, t, r, b")
     colors = plt.cm.tab10(np.arange(10))
     for i, (box, score, cls, origin) in enumerate(zip(boxes, scores, classes, origins)):
         color = colors[i % 10]
@@ -96,7 +99,7 @@ def draw(image_rgb: np.ndarray, model, per_level, detections, names: List[str], 
             y0 + 1,
             f"{name} {float(score):.2f}",
             color="white",
-            fontsize=8,
+            fontsize=10,
             va="top",
             bbox={"facecolor": color, "alpha": 0.85, "pad": 1.5, "edgecolor": "none"},
             clip_on=True,
@@ -105,12 +108,7 @@ def draw(image_rgb: np.ndarray, model, per_level, detections, names: List[str], 
             continue
         level, (px, py), (left, top, right, bottom) = origin
         ax.plot(px, py, "o", color=color, markersize=6, markeredgecolor="white")
-        for dx, dy, value in (
-            (-left, 0, left),
-            (0, -top, top),
-            (right, 0, right),
-            (0, bottom, bottom),
-        ):
+        for dx, dy in ((-left, 0), (0, -top), (right, 0), (0, bottom)):
             ax.annotate(
                 "",
                 xy=(px + dx, py + dy),
@@ -118,11 +116,13 @@ def draw(image_rgb: np.ndarray, model, per_level, detections, names: List[str], 
                 arrowprops={"arrowstyle": "->", "color": color, "linewidth": 1.5},
             )
         ax.text(
-            px + 2,
-            py - 2,
-            f"P{level + 3}: l{left:.0f} t{top:.0f} r{right:.0f} b{bottom:.0f}",
+            px + 1.5,
+            py + 1.5,
+            f"{model.head_in_features[level]}: "
+            f"l {left:.0f}, t {top:.0f}, r {right:.0f}, b {bottom:.0f}",
             color=color,
-            fontsize=7,
+            fontsize=8,
+            va="top",
             bbox={"facecolor": "white", "alpha": 0.8, "pad": 1, "edgecolor": "none"},
             clip_on=True,
         )
@@ -136,7 +136,7 @@ def draw(image_rgb: np.ndarray, model, per_level, detections, names: List[str], 
             ("centerness", centerness),
             ("score sqrt(class x centerness)", np.sqrt(class_prob * centerness)),
         )
-        for row, (title, values) in enumerate(rows, start=1):
+        for row, (title, values) in enumerate(rows, start=3):
             axis = fig.add_subplot(grid[row, level])
             axis.imshow(image_rgb, alpha=0.45)
             axis.imshow(
@@ -150,7 +150,9 @@ def draw(image_rgb: np.ndarray, model, per_level, detections, names: List[str], 
             )
             axis.set_xlim(0, width)
             axis.set_ylim(height, 0)
-            axis.set_title(f"P{level + 3} (stride {stride}): {title}", fontsize=8)
+            axis.set_title(
+                f"{model.head_in_features[level]} (stride {stride}): {title}", fontsize=9
+            )
             axis.set_axis_off()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -159,7 +161,7 @@ def draw(image_rgb: np.ndarray, model, per_level, detections, names: List[str], 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("image")
+    parser.add_argument("--input", required=True, metavar="IMAGE")
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", default="fcos_view.png")
     parser.add_argument("--top", type=int, default=5, help="detections to explain")
@@ -179,9 +181,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         cfg.MODEL.WEIGHTS, cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else None
     )
     try:
-        original = read_image(args.image, format=cfg.INPUT.FORMAT)
+        original = read_image(args.input, format=cfg.INPUT.FORMAT)
     except Exception as e:  # PIL raises several types for unreadable files
-        raise SystemExit(f"{args.image}: cannot be read as an image ({e})") from e
+        raise SystemExit(f"{args.input}: cannot be read as an image ({e})") from e
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     image = resize.get_transform(original).apply_image(original)  # (H, W, C), as the model sees it
     image_chw = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1))).float()

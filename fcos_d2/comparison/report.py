@@ -189,6 +189,7 @@ def metrics_table(results: DatasetResults) -> str:
         "mask AP",
         "infer s/img",
         "peak MB",
+        "speed probe s",
     ]
     rows = []
     for s in results.series:
@@ -204,9 +205,18 @@ def metrics_table(results: DatasetResults) -> str:
                 results.mask_ap[s.label].text() if s.label in results.mask_ap else "–",
                 f"{np.mean(infer):.4f}",
                 _run_column(s, "peak_memory_mb", 0),
+                _probe_column(s),
             ]
         )
     return tabulate(rows, headers=headers, tablefmt="pipe")
+
+
+def _probe_column(series: Series) -> str:
+    """The machine speed probe before / after training (runs that recorded it)."""
+    probes = [r["speed_probe_seconds"] for r in series.runs if r.get("speed_probe_seconds")]
+    if not probes:
+        return "–"
+    return ", ".join(f"{p['before']:.2f} / {p['after']:.2f}" for p in probes)
 
 
 def overlap_tables(results: DatasetResults) -> str:

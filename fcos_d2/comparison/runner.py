@@ -123,6 +123,21 @@ class LearningCurveHook(HookBase):
         return point
 
 
+def machine_speed_probe(repeats: int = 10) -> float:
+    """Seconds for a fixed convolution workload (forward and backward), about a second.
+
+    Recorded before and after each training run: runs are timed one after another, and a
+    shared machine's speed can drift between them; the probe shows by how much.
+    """
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 64, 64, 64, generator=generator, requires_grad=True)
+    weight = torch.randn(64, 64, 3, 3, generator=generator, requires_grad=True)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.nn.functional.conv2d(x, weight, padding=1).square().mean().backward()
+    return time.perf_counter() - start
+
+
 def scaled_schedule_opts(cfg: CfgNode, max_iter: int, eval_period: int) -> Tuple[List[str], int]:
     """KEY VALUE pairs that stretch ``cfg``'s schedule to ``max_iter`` iterations.
 
@@ -220,6 +235,7 @@ def train_and_evaluate(
         schedule_opts, eval_period = scaled_schedule_opts(cfg, max_iter, eval_period)
         cfg = setup_cfg(config_file, [*base_opts, *schedule_opts, "OUTPUT_DIR", run_dir])
 
+    probe_before = machine_speed_probe()
     seed_all_rng(seed)
     trainer = Trainer(cfg)
     curve = LearningCurveHook(cfg, datasets, eval_period, run_dir)
@@ -227,6 +243,7 @@ def train_and_evaluate(
     trainer.resume_or_load(resume=False)
     trainer.train()
     train_seconds = curve.training_seconds()
+    probe_after = machine_speed_probe()
     with_masks = bool(cfg.MODEL.MASK_ON)
     final = curve.evaluate_all(cfg.SOLVER.MAX_ITER, train_seconds, with_masks)
     curve.points.append(final)
@@ -246,6 +263,7 @@ def train_and_evaluate(
         "train_s_per_iter": _median_iteration_seconds(os.path.join(run_dir, "metrics.json")),
         "infer_s_per_image": {d: r["infer_s_per_image"] for d, r in final["datasets"].items()},
         "peak_memory_mb": peak_memory_mb(),
+        "speed_probe_seconds": {"before": probe_before, "after": probe_after},
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "device": cfg.MODEL.DEVICE,
         "ground_truth": {d: MetadataCatalog.get(d).json_file for d in datasets},
