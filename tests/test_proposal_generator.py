@@ -39,7 +39,7 @@ def test_registered_and_built_by_an_rcnn_yaml():
 
 @pytest.mark.parametrize("empty_second", [False, True])
 def test_trains_a_step_inside_generalized_rcnn(empty_second):
-    model = build_model(load_config(CONFIG))
+    model = build_model(load_config(CONFIG, ["MODEL.MASK_ON", "False"]))  # boxes only here
     model.train()
     with EventStorage():  # the ROI heads log sampling statistics
         losses = model(batch(empty_second))
@@ -95,7 +95,7 @@ def test_rcnn_with_fcos_proposals_detects_at_test_time():
 
 
 def test_the_classes_of_the_ground_truth_are_left_alone():
-    model = build_model(load_config(CONFIG)).train()
+    model = build_model(load_config(CONFIG, ["MODEL.MASK_ON", "False"])).train()
     inputs = batch()
     before = [x["instances"].gt_classes.clone() for x in inputs]
     with EventStorage():

@@ -133,6 +133,8 @@ def test_fine_tuning_from_weights_of_another_number_of_classes_says_so_once(
                     "5",
                     "SOLVER.MAX_ITER",
                     "1",
+                    "DATASETS.TEST",
+                    "()",
                 ],
             )
     finally:
