@@ -49,7 +49,6 @@ def test_trains_a_step_inside_generalized_rcnn(empty_second):
         "loss_fcos_ctr",
         "loss_cls",
         "loss_box_reg",
-        "loss_mask",
     } <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
