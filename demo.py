@@ -29,7 +29,7 @@ from torchvision.ops import nms
 
 from fcos_d2.checkpoint import check_num_classes
 from fcos_d2.classes import ModelClasses, classes_for_weights
-from fcos_d2.coco_dataset import register_coco_datasets
+from fcos_d2.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.config import setup_cfg
 from fcos_d2.image_io import read_image
 
@@ -160,14 +160,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, help="directory for the results")
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--recursive", action="store_true", help="read subdirectories too")
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset, as train_net.py does (for DATASETS.TEST names)",
-    )
+    add_register_coco_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
 

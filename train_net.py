@@ -22,7 +22,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from fcos_d2.checkpoint import check_num_classes
-from fcos_d2.coco_dataset import register_coco_datasets
+from fcos_d2.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.config import fall_back_to_available_hardware, merge_config, setup_cfg
 from fcos_d2.engine import Trainer, check_num_gpus
 
@@ -74,14 +74,7 @@ def main(args):
 def argument_parser():
     """Detectron2's standard arguments plus ``--register-coco NAME JSON IMAGE_ROOT``."""
     parser = default_argument_parser()
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset under NAME before the config uses it (repeatable)",
-    )
+    add_register_coco_argument(parser)
     return parser
 
 

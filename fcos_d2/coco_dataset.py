@@ -166,3 +166,15 @@ def register_coco_datasets(specs: Iterable[Tuple[str, str, str]]) -> None:
     """Register each (name, json_file, image_root) of ``--register-coco``."""
     for name, json_file, image_root in specs:
         register_coco_dataset(name, json_file, image_root)
+
+
+def add_register_coco_argument(parser) -> None:
+    """``--register-coco NAME JSON IMAGE_ROOT`` (repeatable), shared by the entry points."""
+    parser.add_argument(
+        "--register-coco",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register a COCO-format dataset under NAME before the config uses it (repeatable)",
+    )

@@ -4,7 +4,7 @@ Naming: N images, K classes, L pyramid levels; a level has H x W locations.
 """
 
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -23,6 +23,34 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
+
+
+def pyramid_input_shapes(fcos_cfg, available: Dict[str, ShapeSpec]) -> List[ShapeSpec]:
+    """The shapes of the levels ``MODEL.FCOS.IN_FEATURES`` names, after checking them.
+
+    Raises:
+        ValueError: naming the key, when a level is not produced, the strides differ from
+            ``MODEL.FCOS.FPN_STRIDES``, or ``SIZES_OF_INTEREST`` has the wrong length.
+    """
+    missing = [f for f in fcos_cfg.IN_FEATURES if f not in available]
+    if missing:
+        raise ValueError(
+            f"MODEL.FCOS.IN_FEATURES names {missing}, which the backbone does not "
+            f"produce; it produces {sorted(available)}"
+        )
+    shapes = [available[f] for f in fcos_cfg.IN_FEATURES]
+    strides = [s.stride for s in shapes]
+    if list(fcos_cfg.FPN_STRIDES) != strides:
+        raise ValueError(
+            f"MODEL.FCOS.FPN_STRIDES {list(fcos_cfg.FPN_STRIDES)} do not match the strides "
+            f"{strides} of MODEL.FCOS.IN_FEATURES {list(fcos_cfg.IN_FEATURES)}"
+        )
+    if len(fcos_cfg.SIZES_OF_INTEREST) != len(strides) - 1:
+        raise ValueError(
+            f"MODEL.FCOS.SIZES_OF_INTEREST needs {len(strides) - 1} values for "
+            f"{len(strides)} levels, got {list(fcos_cfg.SIZES_OF_INTEREST)}"
+        )
+    return shapes
 
 
 class ModulatedDeformConv3x3(nn.Module):

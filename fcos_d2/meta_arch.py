@@ -12,7 +12,7 @@ from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
-from .head import FCOSHead
+from .head import FCOSHead, pyramid_input_shapes
 from .inference import fcos_inference_single_image
 from .losses import BOX_LOSS_TYPES, check_iou_loss_smoothing, fcos_losses
 from .targets import LocationGrid, assign_targets, make_location_grid, sanitize_gt_instances
@@ -108,24 +108,8 @@ class FCOS(DenseDetector):
         fcos = cfg.MODEL.FCOS
         backbone = build_backbone(cfg)
         backbone_shapes = backbone.output_shape()
-        missing = [f for f in fcos.IN_FEATURES if f not in backbone_shapes]
-        if missing:
-            raise ValueError(
-                f"MODEL.FCOS.IN_FEATURES names {missing}, which the backbone does not "
-                f"produce; it produces {sorted(backbone_shapes)}"
-            )
-        feature_shapes = [backbone_shapes[f] for f in fcos.IN_FEATURES]
+        feature_shapes = pyramid_input_shapes(fcos, backbone_shapes)
         backbone_strides = [s.stride for s in feature_shapes]
-        if list(fcos.FPN_STRIDES) != backbone_strides:
-            raise ValueError(
-                f"MODEL.FCOS.FPN_STRIDES {list(fcos.FPN_STRIDES)} do not match the strides "
-                f"{backbone_strides} of MODEL.FCOS.IN_FEATURES {list(fcos.IN_FEATURES)}"
-            )
-        if len(fcos.SIZES_OF_INTEREST) != len(fcos.IN_FEATURES) - 1:
-            raise ValueError(
-                f"MODEL.FCOS.SIZES_OF_INTEREST needs {len(fcos.IN_FEATURES) - 1} values for "
-                f"{len(fcos.IN_FEATURES)} levels, got {list(fcos.SIZES_OF_INTEREST)}"
-            )
         return {
             "backbone": backbone,
             "head": FCOSHead(cfg, feature_shapes),

@@ -28,7 +28,7 @@ from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
-from .head import FCOSHead
+from .head import FCOSHead, pyramid_input_shapes
 from .inference import clip_nms_cap, decode_candidates
 from .losses import fcos_losses
 from .targets import assign_targets, make_location_grid, sanitize_gt_instances
@@ -90,24 +90,8 @@ class FCOS(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: Dict[str, ShapeSpec]) -> dict:
         fcos, rpn = cfg.MODEL.FCOS, cfg.MODEL.RPN
-        missing = [f for f in fcos.IN_FEATURES if f not in input_shape]
-        if missing:
-            raise ValueError(
-                f"MODEL.FCOS.IN_FEATURES names {missing}, which the backbone does not produce; "
-                f"it produces {sorted(input_shape)} (an R-CNN FPN: p2-p6)"
-            )
-        shapes = [input_shape[f] for f in fcos.IN_FEATURES]
+        shapes = pyramid_input_shapes(fcos, input_shape)
         strides = [s.stride for s in shapes]
-        if list(fcos.FPN_STRIDES) != strides:
-            raise ValueError(
-                f"MODEL.FCOS.FPN_STRIDES {list(fcos.FPN_STRIDES)} do not match the strides "
-                f"{strides} of MODEL.FCOS.IN_FEATURES {list(fcos.IN_FEATURES)}"
-            )
-        if len(fcos.SIZES_OF_INTEREST) != len(strides) - 1:
-            raise ValueError(
-                f"MODEL.FCOS.SIZES_OF_INTEREST needs {len(strides) - 1} values for "
-                f"{len(strides)} levels, got {list(fcos.SIZES_OF_INTEREST)}"
-            )
         head_config = cfg.clone()
         head_config.defrost()
         head_config.MODEL.FCOS.NUM_CLASSES = 1  # class-agnostic proposals

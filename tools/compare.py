@@ -24,7 +24,7 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog
 
-from fcos_d2.coco_dataset import register_coco_datasets
+from fcos_d2.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.comparison import runner
 from fcos_d2.comparison.report import write_report
 
@@ -98,14 +98,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resamples", type=int, help="bootstrap resamples (default 1000; --quick 200)"
     )
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset, as train_net.py does, to train or evaluate on it",
-    )
+    add_register_coco_argument(parser)
     parser.add_argument("--output", help="default output/compare (--full: output/compare_full)")
     parser.add_argument(
         "--run-one",

@@ -45,7 +45,11 @@ from torch.nn import functional as F
 
 from fcos_d2.checkpoint import NumClassesError, check_num_classes  # noqa: E402
 from fcos_d2.classes import classes_for_weights  # noqa: E402
-from fcos_d2.coco_dataset import DatasetError, register_coco_datasets  # noqa: E402
+from fcos_d2.coco_dataset import (  # noqa: E402
+    DatasetError,
+    add_register_coco_argument,
+    register_coco_datasets,
+)
 from fcos_d2.config import setup_cfg  # noqa: E402
 from fcos_d2.export import (  # noqa: E402
     CONTRACT_KEY,
@@ -240,14 +244,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "up to 4096 (the default)",
     )
     sizes.add_argument("--static", action="store_true", help="export for the export size only")
-    parser.add_argument(
-        "--register-coco",
-        nargs=3,
-        action="append",
-        default=[],
-        metavar=("NAME", "JSON", "IMAGE_ROOT"),
-        help="register a COCO-format dataset, as train_net.py does (for DATASETS.TEST names)",
-    )
+    add_register_coco_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
 
