@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -98,6 +99,12 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resamples", type=int, help="bootstrap resamples (default 1000; --quick 200)"
     )
+    parser.add_argument(
+        "--hold-file",
+        metavar="PATH",
+        help="before each training run, wait while PATH exists (to run other work "
+        "between timed runs without disturbing them)",
+    )
     add_register_coco_argument(parser)
     parser.add_argument("--output", help="default output/compare (--full: output/compare_full)")
     parser.add_argument(
@@ -149,30 +156,53 @@ def run_in_subprocess(
         return json.load(f)
 
 
+def wait_while_held(hold_file: Optional[str]) -> None:
+    """Before a timed run: wait while `hold_file` exists, so other work can run in between."""
+    announced = False
+    while hold_file and os.path.exists(hold_file):
+        if not announced:
+            print(f"Holding: {hold_file} exists; the next run waits for its removal", flush=True)
+            announced = True
+        time.sleep(5)
+
+
 def plan_and_run(args, configs: List[str]) -> None:
     """Train every model at its schedule and, with a budget, the others for that long.
 
-    The first two models (those the claims are judged on) go first, seed by seed, so
-    that an interrupted comparison has the runs that matter most; the rest follow.
+    The judged pair (the first two models) goes first, seed by seed, schedule and budget
+    runs together, so that an interrupted comparison has the runs that matter most. The
+    other models follow: their schedule runs for every seed, then their budget runs.
     """
     budget_from = args.budget_from
-    for group in (configs[:2], configs[2:]):
-        for seed in range(args.seeds):
-            measured = {}
-            for config in [budget_from, *group] if budget_from else group:
-                measured[config] = run_in_subprocess(
-                    args, config, run_directory(args.output, config, seed, False), seed, None
-                )
-            if not (budget_from or args.budget_minutes):
-                continue
-            budget = (
-                measured[budget_from]["train_seconds"] if budget_from else 60 * args.budget_minutes
-            )
-            for config in group:
-                if config != budget_from:  # its own schedule is the budget
-                    run_in_subprocess(
-                        args, config, run_directory(args.output, config, seed, True), seed, budget
-                    )
+    judged, others = configs[:2], configs[2:]
+
+    def run(config: str, seed: int, budget_seconds: Optional[float] = None) -> dict:
+        run_dir = run_directory(args.output, config, seed, budget_seconds is not None)
+        if not os.path.isfile(os.path.join(run_dir, runner.RUN_FILE)):
+            wait_while_held(args.hold_file)
+        return run_in_subprocess(args, config, run_dir, seed, budget_seconds)
+
+    def budget_for(seed: int) -> Optional[float]:
+        if budget_from:  # its measured time at this seed (trained if not yet)
+            return run(budget_from, seed)["train_seconds"]
+        return 60 * args.budget_minutes if args.budget_minutes else None
+
+    def budget_runs(group: List[str], seed: int) -> None:
+        budget = budget_for(seed)
+        for config in group:
+            if budget is not None and config != budget_from:  # its own schedule is the budget
+                run(config, seed, budget)
+
+    for seed in range(args.seeds):
+        budget_for(seed)
+        for config in judged:
+            run(config, seed)
+        budget_runs(judged, seed)
+    for seed in range(args.seeds):
+        for config in others:
+            run(config, seed)
+    for seed in range(args.seeds):
+        budget_runs(others, seed)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
