@@ -29,9 +29,9 @@ from torchvision.ops import nms
 
 from fcos_d2.checkpoint import check_num_classes
 from fcos_d2.classes import ModelClasses, classes_for_weights
-from fcos_d2.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.config import setup_cfg
-from fcos_d2.image_io import read_image
+from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
+from fcos_d2.data.image_io import read_image
 
 DRAWN_SIZE = 512  # pixels on the longer side of a drawn image, at least
 # Drawing only: of detections overlapping more than this (any classes), only the best-scored

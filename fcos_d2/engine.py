@@ -14,8 +14,8 @@ from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 
 from .classes import classes_of_dataset, write_classes
-from .dataset_mapper import CrowdAwareDatasetMapper, EightBitDatasetMapper
-from .tta import FCOSWithTTA
+from .data.dataset_mapper import CrowdAwareDatasetMapper, EightBitDatasetMapper
+from .modeling.tta import FCOSWithTTA
 
 logger = logging.getLogger(__name__)
 

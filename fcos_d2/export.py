@@ -2,7 +2,7 @@
 
 ``FCOSExportModule(model)`` maps one image (3, H, W) to its detections (boxes, scores,
 classes) with the model's own modules and the candidate selection and decoding of
-:mod:`fcos_d2.inference`. It exports with ``torch.export.export`` (see
+:mod:`fcos_d2.modeling.postprocess`. It exports with ``torch.export.export`` (see
 :func:`export_program`) and ``torch.onnx.export(..., dynamo=True)``, for a fixed input
 size or, with :func:`dynamic_image_shapes`, for any size. ``tools/export.py`` does both
 from a config and checks the result against the eager model.
@@ -18,9 +18,9 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .inference import detect_single_image
-from .meta_arch import FCOS
-from .targets import make_location_grid
+from .modeling.meta_arch import FCOS
+from .modeling.postprocess import detect_single_image
+from .modeling.targets import make_location_grid
 
 # An exported program agrees with the eager model within these, after sorting by score.
 SCORE_TOLERANCE = 1e-4
@@ -31,7 +31,7 @@ class FCOSExportModule(nn.Module):
     """Detections of one image from a built :class:`FCOS`, with tensors only.
 
     Runs the model's normalisation, backbone and head, then the post-processing the eager
-    model runs, :func:`~fcos_d2.inference.detect_single_image`: tensors only, since
+    model runs, :func:`~fcos_d2.modeling.postprocess.detect_single_image`: tensors only, since
     ``Boxes.clip`` asserts on tensor values and ``Instances`` checks lengths, which an
     export cannot trace when the number of boxes depends on the data.
 

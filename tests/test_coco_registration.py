@@ -5,7 +5,7 @@ import json
 import pytest
 from detectron2.data import DatasetCatalog
 
-from fcos_d2.coco_dataset import DatasetError, register_coco_dataset
+from fcos_d2.data.coco_dataset import DatasetError, register_coco_dataset
 
 
 def write_coco(path, image_dir, **changes):

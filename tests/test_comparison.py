@@ -407,7 +407,7 @@ def test_report_end_to_end_from_saved_runs(tmp_path):
 
 
 def test_crowded_validation_set_overlaps_as_promised(tmp_path):
-    from fcos_d2.datasets import shapes
+    from fcos_d2.data.datasets import shapes
 
     builtin = shapes.BUILTIN_SPLITS["shapes_crowd_val"]
     json_path = shapes.generate_shapes_split(
@@ -438,7 +438,7 @@ def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
     import compare
     from conftest import CONFIGS
 
-    from fcos_d2.datasets import generate_shapes_split
+    from fcos_d2.data.datasets import generate_shapes_split
 
     registrations = []
     for split, count in (("cmp_train", 6), ("cmp_val", 4)):

@@ -19,10 +19,10 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 
 from fcos_d2.config import setup_cfg
-from fcos_d2.datasets import generate_shapes_split
+from fcos_d2.data.datasets import generate_shapes_split
 from fcos_d2.engine import Trainer
 from fcos_d2.export import compare_detections, instances_to_tensors
-from fcos_d2.inference import decode_candidates
+from fcos_d2.modeling.postprocess import decode_candidates
 
 pytestmark = pytest.mark.cuda
 
@@ -124,7 +124,7 @@ def tiny_shapes(tmp_path_factory):
 def test_mixed_precision_training_steps(tiny_shapes, tmp_path):
     """20 iterations with SOLVER.AMP.ENABLED: finite losses, and the GradScaler does not
     skip every step (on the CPU the config falls back to float32, which is checked)."""
-    from fcos_d2.coco_dataset import register_coco_dataset
+    from fcos_d2.data.coco_dataset import register_coco_dataset
 
     if "cuda_check_train" not in DatasetCatalog.list():
         register_coco_dataset("cuda_check_train", *tiny_shapes)

@@ -93,7 +93,7 @@ def test_demo_names_classes_and_ids_as_the_training_set(tmp_path):
     """Trained on a COCO file with category ids 7 and 42: demo.py labels detections with
     that file's names and ids (not the built-in dataset's), from OUTPUT_DIR/classes.json."""
     import train_net
-    from fcos_d2.datasets import generate_shapes_split
+    from fcos_d2.data.datasets import generate_shapes_split
 
     json_path = generate_shapes_split(str(tmp_path / "data"), "own", 6, 64, seed=5, progress=False)
     content = json.loads(open(json_path).read())

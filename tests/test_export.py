@@ -26,7 +26,7 @@ from fcos_d2.export import (
     instances_to_tensors,
     sample_image,
 )
-from fcos_d2.speedups import FrozenBNFoldedConv2d
+from fcos_d2.modeling.speedups import FrozenBNFoldedConv2d
 
 pytestmark = [
     # torchvision's fake nms and torch.export.save; nothing this project can act on.

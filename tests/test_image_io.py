@@ -6,8 +6,8 @@ import pytest
 from conftest import QUICK_CONFIG, load_config
 from detectron2.data import detection_utils
 
-from fcos_d2.dataset_mapper import CrowdAwareDatasetMapper, EightBitDatasetMapper
-from fcos_d2.image_io import read_image
+from fcos_d2.data.dataset_mapper import CrowdAwareDatasetMapper, EightBitDatasetMapper
+from fcos_d2.data.image_io import read_image
 
 
 @pytest.fixture

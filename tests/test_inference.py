@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from fcos_d2.inference import (
+from fcos_d2.modeling.postprocess import (
     decode_boxes,
     detect_single_image,
     fcos_inference_single_image,

@@ -12,7 +12,7 @@ from torchvision.ops import (
     sigmoid_focal_loss,
 )
 
-from fcos_d2.losses import box_regression_loss, fcos_losses
+from fcos_d2.modeling.losses import box_regression_loss, fcos_losses
 
 K = 3
 

@@ -7,7 +7,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import pairwise_iou
 
 from fcos_d2 import FCOS
-from fcos_d2.head import ModulatedDeformConv3x3, PerLevelNorm
+from fcos_d2.modeling.head import ModulatedDeformConv3x3, PerLevelNorm
 
 ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
 

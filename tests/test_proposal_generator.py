@@ -7,7 +7,7 @@ from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY, build_model
 from detectron2.structures import ImageList
 from detectron2.utils.events import EventStorage
 
-from fcos_d2.proposal_generator import FCOS as FCOSProposals
+from fcos_d2.modeling.proposal_generator import FCOS as FCOSProposals
 
 CONFIG = CONFIGS / "baselines" / "mask_rcnn_FCOS_RPN_R_18_shapes_cpu.yaml"
 SMALL = [

@@ -19,14 +19,14 @@ from detectron2.engine import HookBase, launch
 from detectron2.modeling import build_model
 from detectron2.structures import BoxMode
 
-from fcos_d2 import targets as targets_module
-from fcos_d2.coco_dataset import DatasetError, check_coco_json
 from fcos_d2.config import setup_cfg
-from fcos_d2.dataset_mapper import CrowdAwareDatasetMapper
-from fcos_d2.datasets import generate_shapes_split
+from fcos_d2.data.coco_dataset import DatasetError, check_coco_json
+from fcos_d2.data.dataset_mapper import CrowdAwareDatasetMapper
+from fcos_d2.data.datasets import generate_shapes_split
 from fcos_d2.engine import Trainer
-from fcos_d2.losses import fcos_losses
-from fcos_d2.targets import IGNORE
+from fcos_d2.modeling import targets as targets_module
+from fcos_d2.modeling.losses import fcos_losses
+from fcos_d2.modeling.targets import IGNORE
 
 
 def train_one_step(model, batch):
@@ -141,7 +141,7 @@ def test_crowd_boxes_reach_the_model_through_the_trainer_loader_with_flips(tmp_p
     ]
     content["images"] = content["images"][:1]
     (tmp_path / "crowd.json").write_text(json.dumps(content))
-    from fcos_d2.coco_dataset import register_coco_dataset
+    from fcos_d2.data.coco_dataset import register_coco_dataset
 
     register_coco_dataset(
         "reliability_crowd_flip", str(tmp_path / "crowd.json"), str(tmp_path / "crowdflip")
@@ -196,7 +196,7 @@ def _assignment_peak_mb(max_pairs: int) -> float:
     script = f"""
 import threading, time, torch
 from detectron2.structures import Boxes, Instances
-from fcos_d2 import targets
+from fcos_d2.modeling import targets
 targets.MAX_PAIRS_PER_CHUNK = {max_pairs}
 
 def rss_mb():
@@ -280,7 +280,7 @@ def test_small_and_elongated_images_train_and_infer(size):
 def test_non_contiguous_category_ids_are_mapped(tmp_path):
     from detectron2.data import DatasetCatalog, MetadataCatalog
 
-    from fcos_d2.coco_dataset import register_coco_dataset
+    from fcos_d2.data.coco_dataset import register_coco_dataset
 
     content = {
         "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
@@ -355,7 +355,7 @@ def test_misspelled_config_key_is_named(tmp_path):
 # Shared by 9 and 10: a train split of one image, so every batch is the same.
 @pytest.fixture(scope="module")
 def one_image_dataset(tmp_path_factory):
-    from fcos_d2.coco_dataset import register_coco_dataset
+    from fcos_d2.data.coco_dataset import register_coco_dataset
 
     root = tmp_path_factory.mktemp("one")
     json_path = generate_shapes_split(str(root), "one", 1, 64, seed=11, progress=False)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from fcos_d2.datasets import shapes
-from fcos_d2.datasets.shapes import (
+from fcos_d2.data.datasets import shapes
+from fcos_d2.data.datasets.shapes import (
     SHAPES_CLASSES,
     ensure_shapes_split,
     generate_shapes_split,

@@ -7,7 +7,7 @@ from conftest import CONFIGS, load_config, make_instances, randomize_frozen_bn
 from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
 
-from fcos_d2.speedups import FrozenBNFoldedConv2d
+from fcos_d2.modeling.speedups import FrozenBNFoldedConv2d
 
 PLAIN = ["MODEL.FCOS.CHANNELS_LAST", "False", "MODEL.FCOS.FOLD_FROZEN_BN", "False"]
 FAST = ["MODEL.FCOS.CHANNELS_LAST", "True", "MODEL.FCOS.FOLD_FROZEN_BN", "True"]
@@ -109,7 +109,7 @@ def test_location_grid_is_built_once_per_feature_size():
         [torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 2, 2)]
     )
     assert other is not first and len(other.points) == 64 + 16 + 4
-    from fcos_d2.targets import make_location_grid
+    from fcos_d2.modeling.targets import make_location_grid
 
     fresh = make_location_grid(
         [(8, 10), (4, 5), (2, 3)],

@@ -6,8 +6,8 @@ import pytest
 import torch
 from conftest import make_instances
 
-from fcos_d2 import targets as targets_module
-from fcos_d2.targets import (
+from fcos_d2.modeling import targets as targets_module
+from fcos_d2.modeling.targets import (
     IGNORE,
     assign_targets,
     assign_targets_single_image,

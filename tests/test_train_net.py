@@ -8,9 +8,9 @@ import torch
 from conftest import QUICK_CONFIG
 
 import train_net
-from fcos_d2.coco_dataset import DatasetError
 from fcos_d2.config import setup_cfg
-from fcos_d2.datasets import generate_shapes_split
+from fcos_d2.data.coco_dataset import DatasetError
+from fcos_d2.data.datasets import generate_shapes_split
 from fcos_d2.engine import Trainer
 
 

@@ -7,7 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from fcos_d2.tta import FCOSWithTTA
+from fcos_d2.modeling.tta import FCOSWithTTA
 
 AUG = ["TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.MAX_SIZE", "100"]
 

@@ -7,7 +7,7 @@ import visualize_fcos  # tools/, on sys.path through conftest
 from conftest import QUICK_CONFIG, load_config
 from detectron2.modeling import build_model
 
-from fcos_d2.inference import detect_single_image
+from fcos_d2.modeling.postprocess import detect_single_image
 
 OPTS = ["MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
 

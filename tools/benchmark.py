@@ -55,7 +55,7 @@ from torchvision.models.detection import fcos_resnet50_fpn  # noqa: E402
 from torchvision.ops.misc import FrozenBatchNorm2d  # noqa: E402
 
 from fcos_d2.config import setup_cfg  # noqa: E402
-from fcos_d2.targets import assign_targets  # noqa: E402
+from fcos_d2.modeling.targets import assign_targets  # noqa: E402
 
 MODELS = ("fcos_d2", "d2_fcos", "tv_fcos", "d2_mask_rcnn")
 DEFAULT_CONFIG = "configs/FCOS_R_50_1x.yaml"

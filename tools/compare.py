@@ -25,9 +25,9 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog
 
-from fcos_d2.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.comparison import runner
 from fcos_d2.comparison.report import write_report
+from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FCOS_CONFIG = str(CONFIGS / "shapes" / "FCOS_R_18_shapes_cpu.yaml")

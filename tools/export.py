@@ -45,12 +45,12 @@ from torch.nn import functional as F
 
 from fcos_d2.checkpoint import NumClassesError, check_num_classes  # noqa: E402
 from fcos_d2.classes import classes_for_weights  # noqa: E402
-from fcos_d2.coco_dataset import (  # noqa: E402
+from fcos_d2.config import setup_cfg  # noqa: E402
+from fcos_d2.data.coco_dataset import (  # noqa: E402
     DatasetError,
     add_register_coco_argument,
     register_coco_datasets,
 )
-from fcos_d2.config import setup_cfg  # noqa: E402
 from fcos_d2.export import (  # noqa: E402
     CONTRACT_KEY,
     FCOSExportModule,
@@ -61,7 +61,7 @@ from fcos_d2.export import (  # noqa: E402
     instances_to_tensors,
     sample_image,
 )
-from fcos_d2.meta_arch import FCOS  # noqa: E402
+from fcos_d2.modeling.meta_arch import FCOS  # noqa: E402
 
 FORMATS = ("onnx", "torch.export")
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")

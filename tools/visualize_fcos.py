@@ -30,8 +30,8 @@ from detectron2.modeling import build_model
 from fcos_d2.checkpoint import check_num_classes
 from fcos_d2.classes import classes_for_weights
 from fcos_d2.config import setup_cfg
-from fcos_d2.image_io import read_image
-from fcos_d2.inference import decode_boxes, detect_single_image, select_level_candidates
+from fcos_d2.data.image_io import read_image
+from fcos_d2.modeling.postprocess import decode_boxes, detect_single_image, select_level_candidates
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

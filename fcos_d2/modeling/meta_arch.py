@@ -13,8 +13,8 @@ from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
 
 from .head import FCOSHead, pyramid_input_shapes
-from .inference import fcos_inference_single_image
 from .losses import BOX_LOSS_TYPES, check_iou_loss_smoothing, fcos_losses
+from .postprocess import fcos_inference_single_image
 from .targets import LocationGrid, assign_targets, make_location_grid, sanitize_gt_instances
 
 # Grids kept per (feature sizes, device); multi-scale training sees a few dozen.

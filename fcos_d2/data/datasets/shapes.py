@@ -7,8 +7,8 @@ deterministic from the seed and crash-safe: files are written to a temporary
 directory and moved into place, the annotation file last, so an interrupted run
 leaves nothing that a later run accepts.
 
-    python -m fcos_d2.datasets.shapes --split crowd_val      # as the registered shapes_crowd_val
-    python -m fcos_d2.datasets.shapes --help                 # the scene knobs
+    python -m fcos_d2.data.datasets.shapes --split crowd_val      # as the registered shapes_crowd_val
+    python -m fcos_d2.data.datasets.shapes --help                 # the scene knobs
 """
 
 import argparse

@@ -29,8 +29,8 @@ from detectron2.structures import Boxes, ImageList, Instances
 from torch import Tensor, nn
 
 from .head import FCOSHead, pyramid_input_shapes
-from .inference import clip_nms_cap, decode_candidates
 from .losses import fcos_losses
+from .postprocess import clip_nms_cap, decode_candidates
 from .targets import assign_targets, make_location_grid, sanitize_gt_instances
 
 

@@ -19,7 +19,7 @@ from detectron2.modeling import DatasetMapperTTA
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
-from .inference import clip_nms_cap
+from .postprocess import clip_nms_cap
 
 
 class FCOSWithTTA(nn.Module):

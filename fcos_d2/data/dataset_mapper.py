@@ -13,7 +13,7 @@ _CROWD_KEYS = ("bbox", "bbox_mode", "category_id")
 
 class EightBitDatasetMapper(DatasetMapper):
     """Detectron2's :class:`DatasetMapper`, with 16-bit images scaled to 8 bits
-    (:mod:`fcos_d2.image_io`) instead of clipped to white."""
+    (:mod:`fcos_d2.data.image_io`) instead of clipped to white."""
 
     def __call__(self, dataset_dict):
         with eight_bit_reading():
