@@ -39,6 +39,19 @@ def make_instances(image_size, boxes, classes, crowd=None) -> Instances:
     return instances
 
 
+def train_step(model: torch.nn.Module, batch: list) -> dict:
+    """One training forward and backward; returns the losses."""
+    model.train()
+    losses = model(batch)
+    sum(losses.values()).backward()
+    return losses
+
+
+def finite(losses: dict) -> bool:
+    """Whether every loss is finite."""
+    return all(torch.isfinite(v) for v in losses.values())
+
+
 @torch.no_grad()
 def randomize_frozen_bn(model: torch.nn.Module) -> None:
     """Give every frozen BatchNorm random statistics and affine terms (not 0 / 1)."""
@@ -49,6 +62,16 @@ def randomize_frozen_bn(model: torch.nn.Module) -> None:
             buffer.normal_(0, 0.2)
         elif "norm.weight" in name:
             buffer.uniform_(0.5, 1.5)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Leave out the tests marked ``cuda`` unless the -m expression names them."""
+    if "cuda" in config.getoption("markexpr"):
+        return
+    deselected = [item for item in items if item.get_closest_marker("cuda")]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if not item.get_closest_marker("cuda")]
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """fcos_d2 on a GPU: forward/backward, CUDA inference against the CPU, mixed-precision
 training, and Detectron2's ``launch`` with one CUDA process.
 
-Marked ``cuda`` and left out of ``make test`` (``pytest.ini``); ``tools/gpu_check.sh``
+Marked ``cuda`` and left out of ``make test`` (``conftest.py``); ``tools/gpu_check.sh``
 runs them on a GPU, and its ``--dry-run`` on the CPU (``FCOS_D2_CHECK_DEVICE=cpu``), so
 that a machine without a GPU still proves every step runs.
 """
@@ -27,7 +27,7 @@ from fcos_d2.modeling.postprocess import decode_candidates
 pytestmark = pytest.mark.cuda
 
 # The device under test: the GPU, or the CPU in tools/gpu_check.sh --dry-run. Without either,
-# every test here fails at its first use of DEVICE (deselected by `make test`: -m "not cuda").
+# every test here fails at its first use of DEVICE (left out unless -m names `cuda`: conftest.py).
 DEVICE = "cuda" if torch.cuda.is_available() else os.environ.get("FCOS_D2_CHECK_DEVICE")
 
 

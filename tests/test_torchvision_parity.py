@@ -7,18 +7,16 @@ threshold) is converted with ``tools/convert_torchvision.py``, loaded by
 both run on the same two images (one landscape, one portrait whose width is not a
 multiple of 32, so the batch is padded).
 
-Naming: N images, R locations over all levels, K classes, D detections of one image.
-"""
+Naming: N images, R locations over all levels, K classes, D detections of one image."""
 
-import importlib.util
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import pytest
 import torch
-from conftest import CONFIGS, REPO, load_config
+from conftest import CONFIGS, load_config
+from convert_torchvision import convert_file  # tools/, on the path from conftest
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import ImageList, Instances
@@ -27,35 +25,32 @@ from torchvision.models.detection import FCOS_ResNet50_FPN_Weights, fcos_resnet5
 from torchvision.models.detection.image_list import ImageList as TorchvisionImageList
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from fcos_d2.conversion import convert_torchvision_fcos, torchvision_coco_class_indices
-
-
-def _load_tool():
-    """tools/convert_torchvision.py as a module (a site package already owns ``tools``)."""
-    path = REPO / "tools" / "convert_torchvision.py"
-    spec = importlib.util.spec_from_file_location("convert_torchvision", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-convert_torchvision = _load_tool()
-convert_file, main = convert_torchvision.convert_file, convert_torchvision.main
+from fcos_d2.conversion import convert_torchvision_fcos
 
 CONFIG = CONFIGS / "FCOS_R_50_torchvision.yaml"
+
+
 NUM_CLASSES = 5
+
+
 # (height, width): torchvision keeps an image unresized when its long side is max_size
 # and min_size >= max_size; both models pad the batch to 320 x 320 (multiple of 32).
 IMAGE_SIZES = [(224, 320), (320, 200)]
+
+
 MAX_SIZE = 320
 
+
 SCORE_TOL = 1e-4
+
+
 BOX_TOL = 1e-2  # pixels
+
+
 HEAD_TOL = 1e-4
+
+
 FEATURE_RTOL = 1e-4  # of the largest activation of a level
-
-
-# ----------------------------------------------------------------------------- models
 
 
 def make_images(seed: int = 0) -> List[Tensor]:
@@ -189,9 +184,6 @@ def run_ours(model: nn.Module, images: List[Tensor]) -> List[Instances]:
         return [out["instances"] for out in model(inputs)]
 
 
-# ------------------------------------------------------------------------ comparisons
-
-
 def nonempty(detections: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """torchvision's detections without zero-area boxes, which Detectron2's
     ``detector_postprocess`` drops (boxes of locations in the padding, clipped away)."""
@@ -255,9 +247,6 @@ def flatten_levels(per_level: List[Tensor]) -> Tensor:
     """Per-level (N, C, H, W) maps to torchvision's layout (N, R, C), levels concatenated."""
     flat = [x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1]) for x in per_level]
     return torch.cat(flat, dim=1)
-
-
-# ------------------------------------------------------------------------------ tests
 
 
 def test_both_models_see_the_same_tensor(torchvision_model, our_model, images):
@@ -393,43 +382,6 @@ def test_config_has_as_many_parameters_as_torchvision_coco_weights():
     assert count == FCOS_ResNet50_FPN_Weights.COCO_V1.meta["num_params"]
 
 
-def test_coco80_keeps_detectron2_coco_classes(tmp_path):
-    """--coco80: torchvision's 91 labels (COCO ids) to Detectron2's 80 contiguous ids."""
-    indices = torchvision_coco_class_indices()
-    names = FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
-    assert [names[i] for i in indices] == MetadataCatalog.get("coco_2017_val").thing_classes
-
-    torch.manual_seed(0)
-    source = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
-    state = source.state_dict()
-    torch.save(state, tmp_path / "in.pth")
-    assert main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--coco80"]) == 0
-    converted = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
-    weight = state["head.classification_head.cls_logits.weight"]  # (91, 256, 3, 3)
-    assert torch.equal(converted["head.cls_logits.weight"], weight[indices])  # (80, 256, 3, 3)
-
-
-def test_tool_names_missing_or_unreadable_input(tmp_path, capsys):
-    assert main([str(tmp_path / "nope.pth"), str(tmp_path / "out.pth")]) == 1
-    assert f"{tmp_path / 'nope.pth'}: no such file" in capsys.readouterr().err
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_text("not a checkpoint")
-    assert main([str(garbage), str(tmp_path / "out.pth")]) == 1
-    assert str(garbage) in capsys.readouterr().err
-    assert not (tmp_path / "out.pth").exists()
-
-
-def test_tool_names_keys_that_do_not_fit(tmp_path, capsys):
-    state = {
-        "head.classification_head.cls_logits.bias": torch.zeros(3),
-        "backbone.body.layer9.0.conv1.weight": torch.zeros(1),
-    }
-    torch.save(state, tmp_path / "bad.pth")
-    assert main([str(tmp_path / "bad.pth"), str(tmp_path / "out.pth")]) == 1
-    err = capsys.readouterr().err
-    assert "bad.pth" in err and "backbone.body.layer9.0.conv1.weight" in err
-
-
 def test_conversion_rejects_incomplete_and_foreign_state_dicts(torchvision_model, our_model):
     state = dict(torchvision_model.state_dict())
     model_state = our_model.state_dict()
@@ -456,12 +408,3 @@ def test_frozen_batch_norm_checkpoint_converts_too(torchvision_model, our_model)
     }
     converted = convert_torchvision_fcos(state, our_model.state_dict())
     assert len(converted) == len(state) == len(our_model.state_dict())
-
-
-def test_tool_reads_wrapped_and_data_parallel_state_dicts(tmp_path):
-    weights = {"head.x": torch.ones(2)}
-    torch.save({"state_dict": {"module.head.x": torch.ones(2)}, "epoch": 3}, tmp_path / "a.pth")
-    torch.save({"model": weights}, tmp_path / "b.pth")
-    for name in ("a.pth", "b.pth"):
-        state = convert_torchvision.load_torchvision_state_dict(str(tmp_path / name))
-        assert list(state) == ["head.x"]

@@ -1,22 +1,29 @@
-"""AdelaiDet FCOS checkpoints (e.g. FCOS_R_50_1x) renamed to fcos_d2's parameters.
+"""Checkpoint conversion (fcos_d2.conversion, tools/convert_torchvision.py): AdelaiDet
+FCOS checkpoints renamed to fcos_d2's parameters, and the torchvision tool's inputs.
 
-The synthetic checkpoint is written with AdelaiDet's own module names (OneStageDetector:
-Detectron2's ResNet + FPN under ``backbone``, ``FCOSHead`` under
-``proposal_generator.fcos_head``) and random values, independently of the converter.
-"""
+The synthetic AdelaiDet checkpoint is written with AdelaiDet's own module names
+(OneStageDetector: Detectron2's ResNet + FPN under ``backbone``, ``FCOSHead`` under
+``proposal_generator.fcos_head``) and random values, independently of the converter."""
 
 from typing import Dict
 
+import convert_torchvision  # tools/, on the path from conftest
 import pytest
 import torch
 from conftest import CONFIGS, load_config
+from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from torch import Tensor
+from torchvision.models.detection import FCOS_ResNet50_FPN_Weights, fcos_resnet50_fpn
 
-from fcos_d2.conversion import check_keys, convert_adelaidet_fcos
+from fcos_d2.conversion import check_keys, convert_adelaidet_fcos, torchvision_coco_class_indices
 
 CONFIG = CONFIGS / "FCOS_R_50_1x.yaml"  # the AdelaiDet R_50_1x setup, with Scale
+
+
 WIDTH, NUM_CLASSES, NUM_LEVELS = 256, 80, 5
+
+
 HEAD = "proposal_generator.fcos_head"
 
 
@@ -204,3 +211,52 @@ def test_per_level_batch_norm_head_checkpoint_loads_into_a_bn_model():
             model.head.box_tower[4][level].running_mean,
             source[f"{HEAD}.bbox_tower.4.{level}.running_mean"],
         )
+
+
+def test_coco80_keeps_detectron2_coco_classes(tmp_path):
+    """--coco80: torchvision's 91 labels (COCO ids) to Detectron2's 80 contiguous ids."""
+    indices = torchvision_coco_class_indices()
+    names = FCOS_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    assert [names[i] for i in indices] == MetadataCatalog.get("coco_2017_val").thing_classes
+
+    torch.manual_seed(0)
+    source = fcos_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    state = source.state_dict()
+    torch.save(state, tmp_path / "in.pth")
+    assert (
+        convert_torchvision.main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), "--coco80"])
+        == 0
+    )
+    converted = torch.load(tmp_path / "out.pth", weights_only=True)["model"]
+    weight = state["head.classification_head.cls_logits.weight"]  # (91, 256, 3, 3)
+    assert torch.equal(converted["head.cls_logits.weight"], weight[indices])  # (80, 256, 3, 3)
+
+
+def test_tool_names_missing_or_unreadable_input(tmp_path, capsys):
+    assert convert_torchvision.main([str(tmp_path / "nope.pth"), str(tmp_path / "out.pth")]) == 1
+    assert f"{tmp_path / 'nope.pth'}: no such file" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_text("not a checkpoint")
+    assert convert_torchvision.main([str(garbage), str(tmp_path / "out.pth")]) == 1
+    assert str(garbage) in capsys.readouterr().err
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_tool_names_keys_that_do_not_fit(tmp_path, capsys):
+    state = {
+        "head.classification_head.cls_logits.bias": torch.zeros(3),
+        "backbone.body.layer9.0.conv1.weight": torch.zeros(1),
+    }
+    torch.save(state, tmp_path / "bad.pth")
+    assert convert_torchvision.main([str(tmp_path / "bad.pth"), str(tmp_path / "out.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "bad.pth" in err and "backbone.body.layer9.0.conv1.weight" in err
+
+
+def test_tool_reads_wrapped_and_data_parallel_state_dicts(tmp_path):
+    weights = {"head.x": torch.ones(2)}
+    torch.save({"state_dict": {"module.head.x": torch.ones(2)}, "epoch": 3}, tmp_path / "a.pth")
+    torch.save({"model": weights}, tmp_path / "b.pth")
+    for name in ("a.pth", "b.pth"):
+        state = convert_torchvision.load_torchvision_state_dict(str(tmp_path / name))
+        assert list(state) == ["head.x"]

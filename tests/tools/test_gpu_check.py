@@ -6,10 +6,8 @@ import os
 import subprocess
 import sys
 
+import gpu_check_summary  # tools/, on the path from conftest
 from conftest import REPO
-
-sys.path.insert(0, str(REPO / "tools"))
-import gpu_check_summary  # noqa: E402
 
 
 def test_dry_run_fast_parts(tmp_path):

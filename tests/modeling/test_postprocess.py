@@ -1,8 +1,11 @@
-"""Decoding, thresholds, top-k and NMS on hand-built head outputs."""
+"""Post-processing (fcos_d2.modeling.postprocess): decoding, thresholds, top-k, clipping,
+empty boxes and NMS on hand-built head outputs."""
 
 import math
 
 import torch
+from conftest import load_config
+from detectron2.modeling import build_model
 
 from fcos_d2.modeling.postprocess import (
     decode_boxes,
@@ -80,7 +83,7 @@ def test_detections_per_image_and_nan_boxes_dropped():
     )
     dists[0, 0] = float("nan")
     result = fcos_inference_single_image(
-        [logits], [dists], [centerness], [points], [8], (200, 200), max_detections=2
+        [logits], [dists], [centerness], [points], [8], (200, 200), detections_per_image=2
     )
     assert len(result) == 2
     assert torch.isfinite(result.pred_boxes.tensor).all()
@@ -99,9 +102,26 @@ def test_boxes_clipped_empty_never_take_a_detection_slot():
         points=valid_points + off_points,
     )
     boxes, scores, classes = detect_single_image(
-        [logits], [dists], [centerness], [points], [8], (200, 200), max_detections=100
+        [logits], [dists], [centerness], [points], [8], (200, 200), detections_per_image=100
     )
     assert len(boxes) == 100
     assert ((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])).all()
     assert (boxes[:, 2] <= 200).all() and (boxes[:, 3] <= 200).all()
     torch.testing.assert_close(scores, torch.full((100,), 0.9))
+
+
+HEIGHT, WIDTH = 384, 512
+
+
+def test_float16_autocast_inference_gives_finite_detections():
+    cfg = load_config(opts=["MODEL.FCOS.SCORE_THRESH_TEST", "0.0"])
+    model = build_model(cfg).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        (result,) = model([{"image": torch.rand(3, HEIGHT, WIDTH) * 255}])
+    instances = result["instances"]
+    boxes = instances.pred_boxes.tensor  # (D, 4)
+    assert len(instances) > 0
+    assert torch.isfinite(boxes).all()
+    assert (boxes[:, [0, 2]] <= WIDTH).all() and (boxes[:, [1, 3]] <= HEIGHT).all()
+    assert (boxes >= 0).all()
+    assert ((instances.scores >= 0) & (instances.scores <= 1)).all()

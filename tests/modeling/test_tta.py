@@ -33,7 +33,7 @@ def test_one_scale_without_flip_is_the_plain_model():
 class FixedBoxModel(nn.Module):
     """Detects one box at (10, 20, 30, 40) of whatever image it is given (or nothing)."""
 
-    nms_thresh, max_detections_per_image = 0.6, 100
+    nms_thresh, detections_per_image = 0.6, 100
 
     def __init__(self, empty=False):
         super().__init__()

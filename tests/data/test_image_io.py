@@ -1,4 +1,5 @@
-"""16-bit images are scaled to 8 bits (not clipped to white) wherever fcos_d2 reads images."""
+"""16-bit images are scaled to 8 bits (not clipped to white) by fcos_d2.data.image_io,
+wherever fcos_d2 reads images (the mappers included)."""
 
 import cv2
 import numpy as np

@@ -1,9 +1,21 @@
-"""FCOS losses against independent computations with torchvision's loss functions."""
+"""FCOS losses (fcos_d2.modeling.losses) against independent computations with
+torchvision's loss functions, and under mixed precision.
+
+Mixed precision: Detectron2's AMPTrainer (SOLVER.AMP.ENABLED) runs the model under CUDA
+autocast, which CI has no GPU for. CPU autocast with float16 makes the same choices that
+matter here: convolutions, hence the head's outputs, come out in float16, and anything
+computed from them stays float16 unless cast. Box areas in pixels overflow float16 (max
+65504) and Detectron2's box losses mix dtypes, so the losses must run in float32.
+Backward passes use bfloat16: CPU float16 convolution backward has no fast kernel (two
+minutes for one step of this tiny model), bfloat16's takes a fraction of a second."""
 
 import math
 
 import pytest
 import torch
+from conftest import load_config, make_instances
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 from torch.nn import functional as F
 from torchvision.ops import (
     complete_box_iou_loss,
@@ -141,3 +153,69 @@ def test_iou_loss_smoothing_only_for_iou_and_giou():
             box_regression_loss(pred, target, loss_type, 1.0)
     with pytest.raises(ValueError, match="IOU_LOSS_SMOOTHING must be >= 0"):
         box_regression_loss(pred, target, "iou", -1.0)
+
+
+HEIGHT, WIDTH = 384, 512
+
+
+# A 490 x 370 box: 181,300 px², beyond float16.
+BOXES = [[10.0, 10.0, 500.0, 380.0], [100.0, 50.0, 200.0, 300.0]]
+
+
+def batch():
+    return [
+        {
+            "image": torch.rand(3, HEIGHT, WIDTH) * 255,
+            "instances": make_instances((HEIGHT, WIDTH), BOXES, [0, 1]),
+        }
+        for _ in range(2)
+    ]
+
+
+def build_training_model(box_loss_type: str, norm_reg_targets: bool = False):
+    cfg = load_config(
+        opts=[
+            "MODEL.FCOS.BOX_LOSS_TYPE",
+            box_loss_type,
+            "MODEL.FCOS.NORM_REG_TARGETS",
+            str(norm_reg_targets),
+        ]
+    )
+    return build_model(cfg).train()
+
+
+def head_logits_dtype(model, inputs) -> torch.dtype:
+    features = model.backbone(model.preprocess_image(inputs).tensor)
+    return model.head([features[f] for f in model.head_in_features])[0][0].dtype
+
+
+@pytest.mark.parametrize("box_loss_type", ["iou", "giou", "diou", "ciou"])
+@pytest.mark.parametrize("norm_reg_targets", [False, True])
+def test_float16_autocast_losses_are_finite_float32_and_match(box_loss_type, norm_reg_targets):
+    model = build_training_model(box_loss_type, norm_reg_targets)
+    inputs = batch()
+    with torch.no_grad(), EventStorage():
+        reference = model(inputs)
+        with torch.autocast("cpu", dtype=torch.float16):
+            mixed = model(inputs)
+            # The head really ran in float16 (else this test checks nothing).
+            assert head_logits_dtype(model, inputs) == torch.float16
+
+    for name, value in mixed.items():
+        assert value.dtype == torch.float32, name
+        assert torch.isfinite(value), name
+        torch.testing.assert_close(value, reference[name], rtol=1e-2, atol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("box_loss_type", ["iou", "giou", "diou", "ciou"])
+def test_bfloat16_autocast_backward_gives_finite_gradients(box_loss_type):
+    model = build_training_model(box_loss_type)
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch())
+    sum(losses.values()).backward()
+    for name, value in losses.items():
+        assert torch.isfinite(value), name
+    gradients = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert "head.cls_logits.weight" in gradients
+    for name, gradient in gradients.items():
+        assert torch.isfinite(gradient).all(), name

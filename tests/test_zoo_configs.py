@@ -1,9 +1,28 @@
-"""Every model-zoo config feeds its pretrained weights the input they were trained on."""
+"""The YAML configs under configs/: every one loads and builds, and every model-zoo config
+feeds its pretrained weights the input they were trained on."""
 
 import pytest
 from conftest import CONFIGS, load_config
+from detectron2.modeling import build_model
+
+from fcos_d2 import FCOS
+
+ALL_CONFIGS = sorted(CONFIGS.rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", ALL_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
+def test_every_config_loads_and_builds(path):
+    cfg = load_config(path)
+    model = build_model(cfg)
+    assert type(model).__name__ == cfg.MODEL.META_ARCHITECTURE
+    if isinstance(model, FCOS):
+        assert model.head_in_features == list(cfg.MODEL.FCOS.IN_FEATURES)
+        assert model.strides == list(cfg.MODEL.FCOS.FPN_STRIDES)
+
 
 MSRA_MEAN_BGR = [103.53, 116.28, 123.675]  # Detectron2's default, the Caffe2 convention
+
+
 # The convention of each family of ImageNet weights: (FORMAT, PIXEL_MEAN, PIXEL_STD, STRIDE_IN_1X1).
 CONVENTIONS = {
     # MSRA's original ResNets (Caffe2): BGR, mean subtracted, no std, stride in the 1x1.
@@ -13,6 +32,8 @@ CONVENTIONS = {
     # torchvision's ResNets: RGB, ImageNet mean and std in RGB order, stride in the 3x3.
     "torchvision": ("RGB", [123.675, 116.28, 103.53], [58.395, 57.12, 57.375], False),
 }
+
+
 ZOO_CONFIGS = sorted(p for p in CONFIGS.glob("FCOS_*.yaml"))
 
 

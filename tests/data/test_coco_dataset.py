@@ -1,11 +1,59 @@
-"""--register-coco: a good COCO file registers; bad ones fail naming the file."""
+"""--register-coco (fcos_d2.data.coco_dataset): a good COCO file registers; bad ones
+fail naming the file, annotation or category; category ids need not be contiguous."""
 
 import json
 
 import pytest
 from detectron2.data import DatasetCatalog
 
-from fcos_d2.data.coco_dataset import DatasetError, register_coco_dataset
+from fcos_d2.data.coco_dataset import DatasetError, check_coco_json, register_coco_dataset
+
+
+# Category ids not contiguous, or not in the metadata.
+def test_non_contiguous_category_ids_are_mapped(tmp_path):
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+
+    from fcos_d2.data.coco_dataset import register_coco_dataset
+
+    content = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 1,
+                "category_id": 17,
+                "bbox": [0, 0, 4, 4],
+                "area": 16,
+                "iscrowd": 0,
+            },
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 5,
+                "bbox": [1, 1, 4, 4],
+                "area": 16,
+                "iscrowd": 0,
+            },
+        ],
+        "categories": [{"id": 5, "name": "five"}, {"id": 17, "name": "seventeen"}],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(content))
+    (tmp_path / "a.png").write_bytes(b"")  # registration checks the file exists
+    register_coco_dataset("reliability_sparse_ids", str(tmp_path / "a.json"), str(tmp_path))
+    records = DatasetCatalog.get("reliability_sparse_ids")
+    assert [a["category_id"] for a in records[0]["annotations"]] == [1, 0]
+    assert MetadataCatalog.get("reliability_sparse_ids").thing_classes == ["five", "seventeen"]
+
+
+def test_category_id_not_in_categories_is_named(tmp_path):
+    content = {
+        "images": [{"id": 1, "file_name": "a.png", "height": 8, "width": 8}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 99, "bbox": [0, 0, 1, 1]}],
+        "categories": [{"id": 1, "name": "one"}],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(content))
+    with pytest.raises(DatasetError, match=r"\[99\]"):
+        check_coco_json(str(tmp_path / "a.json"))
 
 
 def write_coco(path, image_dir, **changes):

@@ -1,19 +1,29 @@
-"""The built-in shapes dataset: deterministic, sane, lazily registered, crash-safe."""
+"""The built-in shapes datasets: deterministic, sane, lazily registered, crash-safe, and
+the crowded variant as crowded as promised."""
 
 import dataclasses
 import json
 import os
-
 import numpy as np
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
-
 from fcos_d2.data.datasets import shapes
 from fcos_d2.data.datasets.shapes import (
     SHAPES_CLASSES,
     ensure_shapes_split,
     generate_shapes_split,
     register_shapes_split,
+)
+import copy
+import math
+from fcos_d2.comparison import analysis, bootstrap, statistics
+from fcos_d2.comparison.statistics import ALL, Series, evaluate_series, group_datasets
+from fcos_d2.comparison.verdicts import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    judge_claims,
+    verdict_from_interval,
 )
 
 
@@ -170,3 +180,22 @@ def test_crowded_knob_from_the_command_line(tmp_path):
         style["max_objects"] == 2
         and style["min_visible_fraction"] == shapes.CROWDED.min_visible_fraction
     )
+
+
+def test_crowded_validation_set_overlaps_as_promised(tmp_path):
+    from fcos_d2.data.datasets import shapes
+
+    builtin = shapes.BUILTIN_SPLITS["shapes_crowd_val"]
+    json_path = shapes.generate_shapes_split(
+        str(tmp_path),
+        builtin.split,
+        builtin.num_images,
+        seed=builtin.seed,
+        progress=False,
+        style=shapes.CROWDED,
+    )
+    overlaps = np.array(
+        list(analysis.max_overlap_per_annotation(json.load(open(json_path))).values())
+    )
+    assert (overlaps > 0.3).sum() >= 600
+    assert (overlaps > 0.5).sum() >= 150

@@ -10,6 +10,8 @@ from detectron2.utils.events import EventStorage
 from fcos_d2.modeling.proposal_generator import FCOS as FCOSProposals
 
 CONFIG = CONFIGS / "baselines" / "mask_rcnn_FCOS_RPN_R_18_shapes_cpu.yaml"
+
+
 SMALL = [
     "INPUT.MIN_SIZE_TEST",
     "64",

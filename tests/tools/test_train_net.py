@@ -1,7 +1,8 @@
 """train_net.py's own functions in-process: train, evaluate, --eval-only, --resume,
---register-coco. Tiny images, a few iterations."""
+--register-coco, the AMP fallback in the run log. Tiny images, a few iterations."""
 
 import json
+import logging
 
 import pytest
 import torch
@@ -12,6 +13,23 @@ from fcos_d2.config import setup_cfg
 from fcos_d2.data.coco_dataset import DatasetError
 from fcos_d2.data.datasets import generate_shapes_split
 from fcos_d2.engine import Trainer
+
+
+def test_train_net_logs_the_fallback_to_the_run_log(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = train_net.argument_parser().parse_args(
+        [
+            "--config-file",
+            str(QUICK_CONFIG),
+            "SOLVER.AMP.ENABLED",
+            "True",
+            "OUTPUT_DIR",
+            str(tmp_path),
+        ]
+    )
+    cfg = train_net.setup(args)
+    assert not cfg.SOLVER.AMP.ENABLED
+    assert "SOLVER.AMP.ENABLED needs a CUDA device" in (tmp_path / "log.txt").read_text()
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +132,6 @@ def test_eval_only_refuses_weights_of_another_number_of_classes(trained, tmp_pat
 def test_fine_tuning_from_weights_of_another_number_of_classes_says_so_once(
     trained, tmp_path, caplog
 ):
-    import logging
 
     from fcos_d2 import checkpoint
 

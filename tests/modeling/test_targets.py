@@ -1,10 +1,13 @@
-"""Target assignment and centerness targets against hand-computed cases."""
+"""Target assignment (fcos_d2.modeling.targets) against hand-computed cases: locations,
+size ranges, centre sampling, ties, crowd boxes, degenerate and out-of-image boxes,
+class ids, and bounded memory at a thousand boxes."""
 
 import math
 
 import pytest
 import torch
-from conftest import make_instances
+from conftest import finite, load_config, make_instances, train_step
+from detectron2.modeling import build_model
 
 from fcos_d2.modeling import targets as targets_module
 from fcos_d2.modeling.targets import (
@@ -156,8 +159,8 @@ def test_chunking_does_not_change_the_result(monkeypatch):
 def test_targets_normalised_by_stride():
     grid = two_level_grid()
     instances = make_instances((32, 32), [[2.0, 2.0, 22.0, 14.0]], [1])
-    _, pixels = assign_targets(grid, [instances], BACKGROUND, 0, normalize_by_stride=False)
-    _, strides = assign_targets(grid, [instances], BACKGROUND, 0, normalize_by_stride=True)
+    _, pixels = assign_targets(grid, [instances], BACKGROUND, 0, norm_reg_targets=False)
+    _, strides = assign_targets(grid, [instances], BACKGROUND, 0, norm_reg_targets=True)
     torch.testing.assert_close(strides[0] * grid.strides[:, None], pixels[0])
 
 
@@ -174,3 +177,102 @@ def test_centerness_targets_match_formula(ltrb, expected):
     value = centerness_targets(torch.tensor([ltrb]))
     assert value.shape == (1,)
     assert float(value) == pytest.approx(expected, rel=1e-6)
+
+
+# Degenerate boxes and boxes outside the image.
+def test_degenerate_and_outside_boxes_are_dropped_or_clipped():
+    boxes = [
+        [10, 10, 10, 30],  # zero width
+        [30, 30, 20, 40],  # negative width
+        [100, 100, 140, 150],  # fully outside a 64x64 image
+        [-20, -10, 30, 40],  # partly outside: clipped to (0, 0, 30, 40)
+    ]
+    gt = make_instances((64, 64), boxes, [0, 1, 2, 3])
+    sanitized = targets_module.sanitize_gt_instances(gt, num_classes=4)
+    assert sanitized.gt_boxes.tensor.tolist() == [[0, 0, 30, 40]]
+    assert sanitized.gt_classes.tolist() == [3]
+    model = build_model(load_config())
+    losses = train_step(model, [{"image": torch.rand(3, 64, 64) * 255, "instances": gt}])
+    assert finite(losses)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_thousand_boxes_train_with_bounded_assignment_memory(monkeypatch):
+    largest = []
+    real = targets_module._pairwise_sides
+
+    def recording(points, boxes):
+        largest.append(len(points) * len(boxes))
+        return real(points, boxes)
+
+    monkeypatch.setattr(targets_module, "_pairwise_sides", recording)
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(1000, 2, generator=generator) * 200
+    boxes = torch.cat([corners, corners + 4 + torch.rand(1000, 2, generator=generator) * 50], 1)
+    gt = make_instances((256, 256), boxes.tolist(), [i % 4 for i in range(1000)])
+    model = build_model(load_config())
+    losses = train_step(model, [{"image": torch.rand(3, 256, 256) * 255, "instances": gt}])
+    assert finite(losses)
+    # Never more location x box pairs at once than the chunk bound.
+    assert max(largest) <= targets_module.MAX_PAIRS_PER_CHUNK
+
+
+def _assignment_peak_mb(max_pairs: int) -> float:
+    """Peak RSS growth (MiB, sampled every half millisecond) of assigning 1000 boxes on an
+    800 x 1344 P3-P7 grid, in a fresh process, with chunks of at most ``max_pairs`` pairs."""
+    import subprocess
+    import sys
+
+    script = f"""
+import threading, time, torch
+from detectron2.structures import Boxes, Instances
+from fcos_d2.modeling import targets
+targets.MAX_PAIRS_PER_CHUNK = {max_pairs}
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+peak, done = [0.0], [False]
+def sample():
+    while not done[0]:
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.0005)
+
+sizes = [(800 // s, 1344 // s) for s in (8, 16, 32, 64, 128)]
+strides, bounds = [8, 16, 32, 64, 128], [64, 128, 256, 512]
+grid = targets.make_location_grid(sizes, strides, bounds, 0.5, torch.device("cpu"))
+g = torch.Generator().manual_seed(0)
+corners = torch.rand(1000, 2, generator=g) * torch.tensor([1200.0, 700.0])
+instances = Instances((800, 1344))
+sides = 8 + torch.rand(1000, 2, generator=g) * 300
+instances.gt_boxes = Boxes(torch.cat([corners, corners + sides], 1))
+instances.gt_classes = torch.arange(1000) % 80
+before = rss_mb()
+sampler = threading.Thread(target=sample)
+sampler.start()
+targets.assign_targets(grid, [instances], 80, 1.5)
+done[0] = True
+sampler.join()
+print(max(peak[0], rss_mb()) - before)
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    return float(completed.stdout.strip().splitlines()[-1])
+
+
+def test_assignment_memory_at_a_thousand_boxes_is_bounded_by_chunking():
+    """Measured, not computed: the README's ~80 MB at 1000 boxes, bounded here at 200 MiB;
+    without chunking the same assignment needs several times more."""
+    chunked = _assignment_peak_mb(targets_module.MAX_PAIRS_PER_CHUNK)
+    assert chunked < 200
+    unchunked = _assignment_peak_mb(10**12)
+    assert unchunked > 2 * chunked + 100
+
+
+def test_class_id_beyond_num_classes_is_named():
+    model = build_model(load_config())  # 4 classes
+    gt = make_instances((64, 64), [[2, 2, 30, 30]], [7])
+    with pytest.raises(ValueError, match=r"\[7\].*NUM_CLASSES"):
+        train_step(model, [{"image": torch.rand(3, 64, 64) * 255, "instances": gt}])

@@ -1,0 +1,52 @@
+"""Bootstrap intervals of differences (fcos_d2.comparison.statistics) on hand-made cases:
+exactly zero for identical detections, away from zero when one model finds every box and
+the other half; time to reach an AP; pooling of seeds."""
+
+import math
+
+import numpy as np
+import pytest
+from comparison_cases import detection, make_series, random_case
+
+from fcos_d2.comparison import bootstrap, statistics
+from fcos_d2.comparison.statistics import ALL
+
+
+def test_identical_detections_give_an_exact_zero_interval():
+    dataset, predictions = random_case()
+    weights = bootstrap.image_weights(len(dataset["images"]), 200, seed=0)
+    a = make_series("a", "FCOS", [predictions, predictions], dataset, weights)
+    b = make_series("bb", "GeneralizedRCNN", [predictions], dataset, weights)
+    for metric in bootstrap.METRICS:
+        difference = statistics.difference_estimate(a, b, ALL, metric)
+        assert (difference.value, difference.low, difference.high) == (0.0, 0.0, 0.0), metric
+
+
+def test_finding_every_box_beats_finding_half_with_an_interval_away_from_zero():
+    dataset, _ = random_case(num_images=40, seed=1)
+    perfect = [
+        detection(a["image_id"], a["bbox"], 0.9, a["category_id"])
+        for a in dataset["annotations"]
+        if not a["iscrowd"]
+    ]
+    half = perfect[::2]
+    weights = bootstrap.image_weights(len(dataset["images"]), 500, seed=0)
+    every = make_series("every", "FCOS", [perfect], dataset, weights)
+    some = make_series("half", "GeneralizedRCNN", [half], dataset, weights)
+    difference = statistics.difference_estimate(every, some, ALL, "R50")
+    assert difference.value == pytest.approx(100 - some.point[ALL]["R50"])
+    assert 30 < difference.low <= difference.value <= difference.high < 70
+    assert every.point[ALL]["R50"] == pytest.approx(100.0)
+
+
+def test_time_to_reach_interpolates_from_zero():
+    assert statistics.time_to_reach([(10.0, 20.0), (20.0, 40.0)], 10.0) == pytest.approx(5.0)
+    assert statistics.time_to_reach([(10.0, 20.0), (20.0, 40.0)], 30.0) == pytest.approx(15.0)
+    assert statistics.time_to_reach([(10.0, math.nan), (20.0, 40.0)], 20.0) == pytest.approx(15.0)
+    assert statistics.time_to_reach([(10.0, 20.0), (20.0, 40.0)], 41.0) == math.inf
+
+
+def test_pool_seeds_averages_the_drawn_seeds():
+    values = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])  # (S=2, B=3)
+    draws = np.array([[0, 0], [0, 1], [1, 1]])
+    assert statistics.pool_seeds(values, draws).tolist() == [1.0, 11.0, 30.0]

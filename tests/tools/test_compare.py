@@ -1,0 +1,111 @@
+"""tools/compare.py end to end (tiny runs, a time budget) and its plan of runs."""
+
+import json
+
+import pytest
+
+
+def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
+    """tools/compare.py trains FCOS and Mask R-CNN (a few iterations, tiny data), FCOS again
+    for a time budget, and writes the report; a second call keeps the runs."""
+    import compare
+    from conftest import CONFIGS
+
+    from fcos_d2.data.datasets import generate_shapes_split
+
+    registrations = []
+    for split, count in (("cmp_train", 6), ("cmp_val", 4)):
+        json_path = generate_shapes_split(
+            str(tmp_path / "data"), split, count, 64, seed=9, progress=False
+        )
+        registrations += [
+            "--register-coco",
+            f"compare_{split}",
+            json_path,
+            str(tmp_path / "data" / split),
+        ]
+    tiny = [
+        "SOLVER.MAX_ITER",
+        "4",
+        "SOLVER.STEPS",
+        "()",
+        "SOLVER.WARMUP_ITERS",
+        "0",
+        "SOLVER.IMS_PER_BATCH",
+        "2",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "INPUT.MIN_SIZE_TRAIN",
+        "(64,)",
+        "INPUT.MAX_SIZE_TRAIN",
+        "64",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "64",
+        "MODEL.FCOS.SCORE_THRESH_TEST",
+        "0.01",
+    ]
+    fcos = str(CONFIGS / "quick_schedules" / "FCOS_R_18_quick.yaml")
+    mask = str(CONFIGS / "baselines" / "mask_rcnn_R_18_shapes_cpu.yaml")
+    argv = [
+        *registrations,
+        "--config-file",
+        fcos,
+        "--config-file",
+        mask,
+        "--budget-minutes",
+        "0.02",
+        "--datasets",
+        "compare_cmp_val",
+        "--train-datasets",
+        "('compare_cmp_train',)",
+        "--evaluations",
+        "2",
+        "--resamples",
+        "20",
+        "--output",
+        str(tmp_path / "out"),
+        *tiny,
+    ]
+    assert compare.main(argv) == 0
+    runs_dir = tmp_path / "out" / "runs"
+    runs = sorted(p.name for p in runs_dir.iterdir())
+    assert runs == [
+        "FCOS_R_18_quick__iterations__seed0",
+        "FCOS_R_18_quick__time_budget__seed0",
+        "mask_rcnn_R_18_shapes_cpu__iterations__seed0",
+        "mask_rcnn_R_18_shapes_cpu__time_budget__seed0",
+    ]
+    budget_run = json.loads((runs_dir / runs[1] / "run.json").read_text())
+    mask_run = json.loads((runs_dir / runs[2] / "run.json").read_text())
+    assert budget_run["budget_seconds"] == pytest.approx(1.2) and budget_run["max_iter"] >= 30
+    assert [p["iteration"] for p in mask_run["curve"]] == [2, 4]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert {v["budget"] for v in report["verdicts"]} == {"equal iterations", "equal time"}
+    modified = (runs_dir / runs[2] / "run.json").stat().st_mtime
+    assert compare.main(argv) == 0  # resumes: every run.json already there
+    assert (runs_dir / runs[2] / "run.json").stat().st_mtime == modified
+
+
+def test_time_budget_is_the_named_models_measured_time_per_seed(monkeypatch, tmp_path):
+    """--budget-from: every other model trains, seed by seed, for as long as that model did."""
+    import compare
+
+    calls = []
+
+    def fake_run(args, config, run_dir, seed, budget_seconds):
+        calls.append((config, seed, budget_seconds))
+        return {"train_seconds": 100.0 + seed}
+
+    monkeypatch.setattr(compare, "run_in_subprocess", fake_run)
+    args = compare.argument_parser().parse_args(["--seeds", "2", "--output", str(tmp_path)])
+    args.budget_from = "mask.yaml"
+    compare.plan_and_run(args, ["fcos.yaml", "mask.yaml", "faster.yaml"])
+    assert ("fcos.yaml", 0, 100.0) in calls and ("fcos.yaml", 1, 101.0) in calls
+    assert ("faster.yaml", 1, 101.0) in calls
+    assert not [c for c in calls if c[0] == "mask.yaml" and c[2] is not None]
+    # The judged pair first, seed by seed; the other models after.
+    assert [c[0] for c in calls].index("faster.yaml") > max(
+        i for i, c in enumerate(calls) if c[0] == "fcos.yaml"
+    )
