@@ -22,12 +22,11 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from fcos_d2.checkpoint import check_num_classes
-from fcos_d2.config import fall_back_to_available_hardware, merge_config, setup_cfg
+from fcos_d2.config import fall_back_to_available_hardware, merge_config
 from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.engine import Trainer, check_num_gpus
 
 logger = logging.getLogger("fcos_d2")
-build_config = setup_cfg  # the name tools and tests used before it moved into the package
 
 
 def setup(args) -> CfgNode:
