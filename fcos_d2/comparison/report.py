@@ -31,7 +31,7 @@ from .statistics import (  # noqa: E402
     metric_estimate,
     pool_seeds,
 )
-from .verdicts import CLEAR, CROWDED, judge_claims  # noqa: E402
+from .verdicts import CLEAR, CROWDED, INCONCLUSIVE, data_to_settle, judge_claims  # noqa: E402
 
 ITERATIONS, TIME_BUDGET = "iterations", "time budget"
 METRIC_COLUMNS = (
@@ -329,8 +329,21 @@ def _verdict_record(dataset: str, budget: str, fcos: Series, baseline: Series, v
         "verdict": verdict.verdict,
         "margin": verdict.margin,
         "difference": None if d is None else [d.value, d.low, d.high],
+        "data_to_settle": None
+        if d is None
+        else data_to_settle(d.value, d.low, d.high, verdict.margin),
         "evidence": verdict.evidence,
     }
+
+
+def _settle_text(record: dict) -> str:
+    """For an inconclusive verdict: about how much more data would settle it."""
+    if record["verdict"] != INCONCLUSIVE:
+        return ""
+    factor = record["data_to_settle"]
+    if factor is None:
+        return "estimate within the margin: no amount of data settles it"
+    return f"≈ {factor:.1f}× the images and seeds"
 
 
 def _difference_text(record: dict) -> str:
@@ -347,7 +360,14 @@ def verdict_table(records: List[dict]) -> str:
     if not records:
         return "No FCOS / R-CNN pair to judge."
     rows = [
-        [r["budget"], r["claim"], f"**{r['verdict']}**", _difference_text(r), r["evidence"]]
+        [
+            r["budget"],
+            r["claim"],
+            f"**{r['verdict']}**",
+            _difference_text(r),
+            _settle_text(r),
+            r["evidence"],
+        ]
         for r in records
     ]
     return tabulate(
@@ -357,6 +377,7 @@ def verdict_table(records: List[dict]) -> str:
             "claim",
             "verdict",
             "difference (favouring the claim) [95%]",
+            "to settle",
             "evidence",
         ],
         tablefmt="pipe",
@@ -436,7 +457,11 @@ def write_report(
         "",
         "See `fcos_d2/comparison/verdicts.py`: a claim is *supported* only when the whole "
         "interval of its difference lies beyond the margin in its favour, *not supported* "
-        "only when it lies wholly beyond the margin against it, and *inconclusive* otherwise.",
+        "only when it lies wholly beyond the margin against it, and *inconclusive* otherwise. "
+        "*To settle*: for an inconclusive verdict, about how many times the data (validation "
+        "images and seeds) would narrow its interval (as 1/√n) past the margin if the estimate "
+        "stayed put; an estimate inside the margin is a difference too small to matter, which "
+        "more data only confirms.",
     ]
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

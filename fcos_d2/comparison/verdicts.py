@@ -79,6 +79,26 @@ def verdict_from_interval(low: float, high: float, margin: float) -> str:
     return INCONCLUSIVE
 
 
+def data_to_settle(value: float, low: float, high: float, margin: float) -> Optional[float]:
+    """How many times the data (validation images and seeds together) would make an
+    inconclusive interval conclusive, if the estimate stayed where it is.
+
+    A 95% interval narrows as 1/sqrt(n); it clears the margin on the estimate's side once
+    its half-width on that side is below |value| - margin, so n must grow by
+    (half-width / (|value| - margin))². None when the estimate itself lies within the
+    margin (no amount of data settles it: the difference is too small to matter) or the
+    interval is not finite; 1.0 when the interval is already conclusive.
+    """
+    if not all(map(math.isfinite, (value, low, high))):
+        return None
+    if verdict_from_interval(low, high, margin) != INCONCLUSIVE:
+        return 1.0
+    if abs(value) <= margin:
+        return None
+    half_width = value - low if value > 0 else high - value
+    return (half_width / (abs(value) - margin)) ** 2
+
+
 def _judge(claim: str, difference: Estimate, margin: float, evidence: str) -> Verdict:
     return Verdict(
         claim,
