@@ -274,5 +274,5 @@ def export_contract(model: FCOS, cfg, classes, dynamic: bool, export_size: Tuple
         "category_ids": list(classes.category_ids) if classes else [],
         "classes_from": classes.dataset if classes else None,
         "score_threshold": model.score_thresh,
-        "detections_per_image": model.max_detections_per_image,
+        "detections_per_image": model.detections_per_image,
     }

@@ -6,12 +6,15 @@
                                              # iterations and equal time; hours on CPU
     python tools/compare.py --config-file A.yaml --config-file B.yaml --seeds 3 \
         --datasets shapes_val shapes_crowd_val --budget-minutes 30 --output output/compare
+    python tools/compare.py --full --fcos-proposals   # + Mask R-CNN with FCOS proposals
     python tools/compare.py --report-only --output output/compare_full
 
 Each training run happens in its own process (its own peak memory) and leaves a run
 directory with run.json and its COCO predictions at every evaluation; a run directory
 that already holds run.json is kept, so an interrupted comparison resumes where it was.
-The report (report.md, plots, report.json) is computed from those files alone.
+The report (report.md, plots, report.json) is computed from those files alone. R-CNN
+runs also record their proposals' recall (AR@100, AR@1000); a kept R-CNN run from before
+that was recorded gets it evaluated from its model_final.pth.
 """
 
 import argparse
@@ -33,6 +36,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 FCOS_CONFIG = str(CONFIGS / "shapes" / "FCOS_R_18_shapes_cpu.yaml")
 MASK_RCNN_CONFIG = str(CONFIGS / "baselines" / "mask_rcnn_R_18_shapes_cpu.yaml")
 FASTER_RCNN_CONFIG = str(CONFIGS / "baselines" / "faster_rcnn_R_18_shapes_cpu.yaml")
+FCOS_PROPOSALS_CONFIG = str(CONFIGS / "baselines" / "mask_rcnn_FCOS_RPN_R_18_shapes_cpu.yaml")
 # Normal and crowded scenes mixed for training; both kinds evaluated apart.
 TRAIN_DATASETS = '("shapes_train", "shapes_crowd_train")'
 VAL_DATASETS = ["shapes_val", "shapes_crowd_val"]
@@ -64,6 +68,12 @@ def argument_parser() -> argparse.ArgumentParser:
         "--report-only",
         action="store_true",
         help="only rebuild the report from the run directories under --output",
+    )
+    parser.add_argument(
+        "--fcos-proposals",
+        action="store_true",
+        help="also Mask R-CNN with FCOS as its proposal generator "
+        f"(configs/{Path(FCOS_PROPOSALS_CONFIG).relative_to(CONFIGS)}), after the other models",
     )
     parser.add_argument(
         "--config-file",
@@ -132,6 +142,8 @@ def run_in_subprocess(
     run_file = os.path.join(run_dir, runner.RUN_FILE)
     if os.path.isfile(run_file):
         print(f"Kept (already done): {run_dir}", flush=True)
+        if runner.add_proposal_recall(run_dir):
+            print(f"  its proposals' recall evaluated and added to {run_file}", flush=True)
     else:
         registrations = [arg for spec in args.register_coco for arg in ("--register-coco", *spec)]
         command = [
@@ -236,6 +248,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.full:
         configs = configs or [FCOS_CONFIG, MASK_RCNN_CONFIG, FASTER_RCNN_CONFIG]
         args.budget_from = args.budget_from or MASK_RCNN_CONFIG
+    if args.fcos_proposals:
+        configs = [*configs, FCOS_PROPOSALS_CONFIG]
     args.seeds = args.seeds or (2 if args.full else 1)
     args.resamples = args.resamples or (200 if args.quick else 1000)
     args.output = args.output or ("output/compare_full" if args.full else "output/compare")

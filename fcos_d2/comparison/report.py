@@ -211,6 +211,33 @@ def metrics_table(results: DatasetResults) -> str:
     return tabulate(rows, headers=headers, tablefmt="pipe")
 
 
+PROPOSAL_COLUMNS = ("AR@100", "AR@1000", "ARs@1000", "ARm@1000", "ARl@1000")
+
+
+def proposals_table(results: DatasetResults) -> str:
+    """The R-CNNs' proposal recall (COCO's AR, IoU 0.5:0.95), mean ± sd over seeds.
+
+    pycocotools-style proposal AR is computed over the whole set, not per image, so it
+    has no bootstrap interval here; the spread is across seeds."""
+    rows = []
+    for s in results.series:
+        per_run = [r.get("proposals", {}).get(results.dataset) for r in s.runs]
+        per_run = [p for p in per_run if p]
+        if not per_run:
+            continue
+        cells = []
+        for key in PROPOSAL_COLUMNS:
+            values = [p[key] for p in per_run]
+            spread = f" ±{np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+            cells.append(f"{np.mean(values):.1f}{spread}")
+        generator = s.runs[0].get("proposal_generator") or "–"
+        rows.append([s.label, generator, len(per_run), *cells])
+    if not rows:
+        return "No R-CNN run recorded its proposals."
+    headers = ["model (schedule)", "proposals", "seeds", *PROPOSAL_COLUMNS]
+    return tabulate(rows, headers=headers, tablefmt="pipe")
+
+
 def _probe_column(series: Series) -> str:
     """The machine speed probe before / after training (runs that recorded it)."""
     probes = [r["speed_probe_seconds"] for r in series.runs if r.get("speed_probe_seconds")]
@@ -437,6 +464,10 @@ def write_report(
             "### Metrics",
             "",
             metrics_table(results),
+            "",
+            "### Proposals of the R-CNNs",
+            "",
+            proposals_table(results),
             "",
             "### By overlap",
             "",

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import HookBase
 from detectron2.evaluation import COCOEvaluator, inference_on_dataset
+from detectron2.modeling import ProposalNetwork, build_model
 from detectron2.utils.env import seed_all_rng
 from torch import nn
 
@@ -80,6 +82,44 @@ def evaluate(
         "predictions": os.path.join(output_dir, PREDICTIONS_FILE),
         "infer_s_per_image": timed.seconds / max(timed.images, 1),
     }
+
+
+def evaluate_proposals(model: nn.Module, cfg: CfgNode, dataset: str) -> Dict[str, float]:
+    """Recall of an R-CNN's proposals on ``dataset`` (COCO's AR@100, AR@1000, by size too).
+
+    The R-CNN's own backbone and proposal generator (Detectron2's RPN or FCOS) run as
+    Detectron2's ``ProposalNetwork``, so the proposals are those the R-CNN's box head
+    sees at test time (``MODEL.RPN.POST_NMS_TOPK_TEST`` of them), in image coordinates.
+    """
+    proposals_only = ProposalNetwork(
+        backbone=model.backbone,
+        proposal_generator=model.proposal_generator,
+        pixel_mean=cfg.MODEL.PIXEL_MEAN,
+        pixel_std=cfg.MODEL.PIXEL_STD,
+    ).eval()
+    results = inference_on_dataset(
+        proposals_only,
+        Trainer.build_test_loader(cfg, dataset),
+        COCOEvaluator(dataset, tasks=("bbox",), output_dir=None),
+    )
+    return dict(results["box_proposals"])
+
+
+def add_proposal_recall(run_dir: str) -> bool:
+    """Add the proposals' recall of a finished R-CNN run (its ``model_final.pth``) to its
+    run.json, for runs trained before it was recorded. Returns whether it added it."""
+    with open(os.path.join(run_dir, RUN_FILE)) as f:
+        run = json.load(f)
+    weights = os.path.join(run_dir, "model_final.pth")
+    if "proposals" in run or run["meta_architecture"] == "FCOS" or not os.path.isfile(weights):
+        return False
+    cfg = setup_cfg(run["config"], [*run["opts"], "MODEL.WEIGHTS", weights])
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(weights)
+    run["proposals"] = {d: evaluate_proposals(model, cfg, d) for d in run["ground_truth"]}
+    with open(os.path.join(run_dir, RUN_FILE), "w") as f:
+        json.dump(run, f, indent=1)
+    return True
 
 
 class LearningCurveHook(HookBase):
@@ -247,6 +287,9 @@ def train_and_evaluate(
     with_masks = bool(cfg.MODEL.MASK_ON)
     final = curve.evaluate_all(cfg.SOLVER.MAX_ITER, train_seconds, with_masks)
     curve.points.append(final)
+    proposals = {}
+    if getattr(trainer.model, "proposal_generator", None) is not None:  # an R-CNN
+        proposals = {d: evaluate_proposals(trainer.model, cfg, d) for d in datasets}
 
     run = {
         "name": name or Path(config_file).stem,
@@ -269,6 +312,8 @@ def train_and_evaluate(
         "ground_truth": {d: MetadataCatalog.get(d).json_file for d in datasets},
         "curve": curve.points,
     }
+    if proposals:
+        run["proposals"] = proposals
     with open(os.path.join(run_dir, RUN_FILE), "w") as f:
         json.dump(run, f, indent=1)
     return run

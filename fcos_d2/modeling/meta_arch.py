@@ -1,16 +1,22 @@
 """The FCOS meta-architecture: wires backbone, head, target assignment, losses and inference.
 
+Each stage of a forward pass runs in a profiler range, ``fcos_d2.<stage>``
+(``torch.profiler.record_function``: next to free when no profiler is running), so that a
+profiler times the stages of the model as it is (``fcos_d2.benchmark.stages`` does).
+
 Naming: N images, R locations over all levels, K classes.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import ImageList, Instances
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from .head import FCOSHead, pyramid_input_shapes
 from .losses import BOX_LOSS_TYPES, check_iou_loss_smoothing, fcos_losses
@@ -46,7 +52,7 @@ class FCOS(DenseDetector):
         thresh_with_centerness: bool = False,
         topk_candidates: int = 1000,
         nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
+        detections_per_image: int = 100,
         channels_last: bool = False,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -68,7 +74,7 @@ class FCOS(DenseDetector):
             iou_loss_smoothing: s in IoU = (I + s) / (U + s) of the iou / giou losses;
                 0 is the papers' IoU, 1 the official FCOS code's.
             score_thresh, thresh_with_centerness, topk_candidates, nms_thresh,
-                max_detections_per_image: inference, see :func:`fcos_inference_single_image`.
+                detections_per_image: inference, see :func:`fcos_inference_single_image`.
             channels_last: run backbone and head on channels-last tensors (faster convs
                 on CPU and on tensor-core GPUs; same function).
             pixel_mean, pixel_std: input normalisation.
@@ -97,7 +103,7 @@ class FCOS(DenseDetector):
         self.thresh_with_centerness = thresh_with_centerness
         self.topk_candidates = topk_candidates
         self.nms_thresh = nms_thresh
-        self.max_detections_per_image = max_detections_per_image
+        self.detections_per_image = detections_per_image
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -130,11 +136,52 @@ class FCOS(DenseDetector):
             "thresh_with_centerness": fcos.THRESH_WITH_CENTERNESS,
             "topk_candidates": fcos.TOPK_CANDIDATES_TEST,
             "nms_thresh": fcos.NMS_THRESH_TEST,
-            "max_detections_per_image": fcos.DETECTIONS_PER_IMAGE,
+            "detections_per_image": fcos.DETECTIONS_PER_IMAGE,
             "channels_last": fcos.CHANNELS_LAST,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
+
+    def forward(
+        self, batched_inputs: List[Dict[str, Any]]
+    ) -> Union[Dict[str, Tensor], List[Dict[str, Instances]]]:
+        """Detectron2's ``DenseDetector.forward``, the same steps in the same order, each
+        stage in a profiler range ``fcos_d2.<stage>``.
+
+        Args:
+            batched_inputs: one dict per image: "image" (C, H, W), in training "instances",
+                and optionally the output size "height", "width".
+
+        Returns:
+            In training, the losses; else one {"instances": detections} per image, in the
+            output size.
+        """
+        with record_function("fcos_d2.preprocess"):
+            images = self.preprocess_image(batched_inputs)
+        with record_function("fcos_d2.backbone_fpn"):
+            features = self.backbone(images.tensor)
+            features = [features[f] for f in self.head_in_features]  # (N, C, H_l, W_l) each
+        with record_function("fcos_d2.head"):
+            predictions = self.head(features)  # per level (N, K | 4 | 1, H_l, W_l)
+
+        if self.training:
+            assert "instances" in batched_inputs[0], "Instance annotations are missing in training!"
+            with record_function("fcos_d2.preprocess"):
+                gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            return self.forward_training(images, features, predictions, gt_instances)
+
+        with record_function("fcos_d2.decoding_nms"):
+            results = self.forward_inference(images, features, predictions)
+        with record_function("fcos_d2.postprocess"):
+            processed_results = []
+            for results_per_image, input_per_image, image_size in zip(
+                results, batched_inputs, images.image_sizes
+            ):
+                height = input_per_image.get("height", image_size[0])
+                width = input_per_image.get("width", image_size[1])
+                instances = detector_postprocess(results_per_image, height, width)
+                processed_results.append({"instances": instances})
+        return processed_results
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         images = super().preprocess_image(batched_inputs)
@@ -173,9 +220,12 @@ class FCOS(DenseDetector):
         predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]],
         gt_instances: List[Instances],
     ) -> Dict[str, Tensor]:
-        logits, box_dists, centerness = self.concat_predictions(predictions)
-        labels, box_targets = self.label_locations(features, gt_instances)
-        return self.losses(logits, box_dists, centerness, labels, box_targets)
+        with record_function("fcos_d2.flatten"):
+            logits, box_dists, centerness = self.concat_predictions(predictions)
+        with record_function("fcos_d2.target_assignment"):
+            labels, box_targets = self.label_locations(features, gt_instances)
+        with record_function("fcos_d2.losses"):
+            return self.losses(logits, box_dists, centerness, labels, box_targets)
 
     def concat_predictions(
         self, predictions: Tuple[List[Tensor], List[Tensor], List[Tensor]]
@@ -198,7 +248,7 @@ class FCOS(DenseDetector):
             gt_instances,
             self.num_classes,
             self.center_sampling_radius,
-            normalize_by_stride=self.norm_reg_targets,
+            norm_reg_targets=self.norm_reg_targets,
         )
 
     def losses(
@@ -253,5 +303,5 @@ class FCOS(DenseDetector):
             thresh_with_centerness=self.thresh_with_centerness,
             topk_candidates=self.topk_candidates,
             nms_thresh=self.nms_thresh,
-            max_detections=self.max_detections_per_image,
+            detections_per_image=self.detections_per_image,
         )

@@ -156,7 +156,7 @@ def detect_single_image(
     thresh_with_centerness: bool = False,
     topk_candidates: int = 1000,
     nms_thresh: float = 0.6,
-    max_detections: int = 100,
+    detections_per_image: int = 100,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The detections of one image from its per-level head outputs, tensors only.
 
@@ -164,7 +164,7 @@ def detect_single_image(
     threshold and top-k per level and decode (:func:`decode_candidates`, same
     arguments), clip to ``image_size`` (height, width), drop the boxes clipping left
     empty (off-image predictions of locations in the padding), class-aware NMS, keep
-    the best ``max_detections``. Empty boxes go before NMS and the cap, so that they
+    the best ``detections_per_image``. Empty boxes go before NMS and the cap, so that they
     never take the place of a real detection.
 
     Returns:
@@ -181,7 +181,7 @@ def detect_single_image(
         thresh_with_centerness=thresh_with_centerness,
         topk_candidates=topk_candidates,
     )
-    return clip_nms_cap(boxes, scores, classes, image_size, nms_thresh, max_detections)
+    return clip_nms_cap(boxes, scores, classes, image_size, nms_thresh, detections_per_image)
 
 
 def clip_nms_cap(
@@ -190,17 +190,17 @@ def clip_nms_cap(
     classes: Tensor,
     image_size: Tuple,
     nms_thresh: float,
-    max_detections: int,
+    detections_per_image: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Candidates (C, 4), (C,), (C,) to detections: clip to ``image_size`` (height, width),
-    drop the boxes clipping left empty, class-aware NMS, keep the best ``max_detections``.
+    drop the boxes clipping left empty, class-aware NMS, keep the best ``detections_per_image``.
 
     The end of :func:`detect_single_image`, also used to merge test-time augmentations.
     """
     boxes = clip_boxes(boxes, *image_size)
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (C,)
     boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
-    keep = class_aware_nms(boxes, scores, classes, nms_thresh)[:max_detections]
+    keep = class_aware_nms(boxes, scores, classes, nms_thresh)[:detections_per_image]
     return boxes[keep], scores[keep], classes[keep]
 
 

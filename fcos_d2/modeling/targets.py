@@ -221,7 +221,7 @@ def assign_targets(
     gt_instances: List[Instances],
     num_classes: int,
     center_sampling_radius: float = 1.5,
-    normalize_by_stride: bool = True,
+    norm_reg_targets: bool = True,
 ) -> Tuple[Tensor, Tensor]:
     """Assign targets for a batch; see :func:`assign_targets_single_image`.
 
@@ -229,7 +229,7 @@ def assign_targets(
 
     Returns:
         labels (N, R) and box_targets (N, R, 4), the latter divided by each location's
-        stride when ``normalize_by_stride``.
+        stride when ``norm_reg_targets``.
     """
     labels, box_targets = [], []
     for instances in gt_instances:
@@ -244,7 +244,7 @@ def assign_targets(
         labels.append(image_labels)
         box_targets.append(image_targets)
     box_targets_batch = torch.stack(box_targets)  # (N, R, 4)
-    if normalize_by_stride:
+    if norm_reg_targets:
         box_targets_batch = box_targets_batch / grid.strides[None, :, None]
     return torch.stack(labels), box_targets_batch
 

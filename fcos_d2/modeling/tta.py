@@ -67,7 +67,7 @@ class FCOSWithTTA(nn.Module):
             torch.cat(classes),
             original_size,
             self.model.nms_thresh,
-            self.model.max_detections_per_image,
+            self.model.detections_per_image,
         )
         result = Instances(original_size)
         result.pred_boxes, result.scores, result.pred_classes = (

@@ -83,9 +83,24 @@ def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
     assert [p["iteration"] for p in mask_run["curve"]] == [2, 4]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {v["budget"] for v in report["verdicts"]} == {"equal iterations", "equal time"}
+    # The R-CNN records its proposals' recall; FCOS has no proposals.
+    recall = mask_run["proposals"]["compare_cmp_val"]
+    assert 0 <= recall["AR@100"] <= recall["AR@1000"] <= 100
+    assert "proposals" not in budget_run
     modified = (runs_dir / runs[2] / "run.json").stat().st_mtime
     assert compare.main(argv) == 0  # resumes: every run.json already there
     assert (runs_dir / runs[2] / "run.json").stat().st_mtime == modified
+
+    # A run from before proposals were recorded gets them from its model_final.pth: the
+    # very numbers the run measured on its final model.
+    from fcos_d2.comparison import runner
+
+    del mask_run["proposals"]
+    (runs_dir / runs[2] / "run.json").write_text(json.dumps(mask_run))
+    assert runner.add_proposal_recall(str(runs_dir / runs[2]))
+    again = json.loads((runs_dir / runs[2] / "run.json").read_text())["proposals"]
+    assert again["compare_cmp_val"] == pytest.approx(recall)
+    assert not runner.add_proposal_recall(str(runs_dir / runs[0]))  # FCOS: nothing to add
 
 
 def test_time_budget_is_the_named_models_measured_time_per_seed(monkeypatch, tmp_path):
@@ -105,7 +120,35 @@ def test_time_budget_is_the_named_models_measured_time_per_seed(monkeypatch, tmp
     assert ("fcos.yaml", 0, 100.0) in calls and ("fcos.yaml", 1, 101.0) in calls
     assert ("faster.yaml", 1, 101.0) in calls
     assert not [c for c in calls if c[0] == "mask.yaml" and c[2] is not None]
-    # The judged pair first, seed by seed; the other models after.
+    # The judged pair first, seed by seed; the other models after: their schedule runs for
+    # every seed, then their budget runs.
     assert [c[0] for c in calls].index("faster.yaml") > max(
         i for i, c in enumerate(calls) if c[0] == "fcos.yaml"
     )
+    assert [c for c in calls if c[0] == "faster.yaml"] == [
+        ("faster.yaml", 0, None),
+        ("faster.yaml", 1, None),
+        ("faster.yaml", 0, 100.0),
+        ("faster.yaml", 1, 101.0),
+    ]
+
+
+def test_each_run_waits_while_the_hold_file_exists(monkeypatch, tmp_path):
+    import compare
+
+    hold = tmp_path / "HOLD"
+    hold.touch()
+    sleeps = []
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            hold.unlink()
+
+    monkeypatch.setattr(compare.time, "sleep", sleep)
+    monkeypatch.setattr(compare, "run_in_subprocess", lambda *a: {"train_seconds": 1.0})
+    args = compare.argument_parser().parse_args(
+        ["--output", str(tmp_path), "--hold-file", str(hold)]
+    )
+    compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
+    assert len(sleeps) == 3 and not hold.exists()

@@ -1,4 +1,5 @@
-"""tools/benchmark.py on tiny settings: the JSON it writes and the numbers in it.
+"""tools/benchmark.py and fcos_d2.benchmark on tiny settings: the JSON the command writes,
+the numbers in it, and the pieces it is made of.
 
 No wall-clock thresholds: only structure, positivity and finiteness.
 """
@@ -6,13 +7,34 @@ No wall-clock thresholds: only structure, positivity and finiteness.
 import json
 import math
 import time
+from types import SimpleNamespace
 
-import benchmark  # tools/benchmark.py, on sys.path through conftest
+import benchmark  # tools/benchmark.py (the command line), on sys.path through conftest
 import pytest
 import torch
 from conftest import QUICK_CONFIG
 from detectron2.utils.events import EventStorage
 from torch import nn
+from torch.autograd import DeviceType
+
+from fcos_d2.benchmark.contenders import build_fcos_d2
+from fcos_d2.benchmark.inputs import make_samples
+from fcos_d2.benchmark.measurement import PeakMemory, read_rss_bytes
+from fcos_d2.benchmark.model_size import count_flops
+from fcos_d2.benchmark.phases import (
+    backward_and_step,
+    losses_finite,
+    make_optimizer,
+    training_step,
+)
+from fcos_d2.benchmark.report import format_report
+from fcos_d2.benchmark.stages import (
+    INFERENCE_STAGES,
+    TRAINING_STAGES,
+    measure_breakdown,
+    range_seconds,
+    staged_training_step,
+)
 
 TINY = [
     "--config-file",
@@ -95,6 +117,8 @@ def test_model_numbers(results, name):
         assert any("FLOP count failed" in note for note in model["notes"])
     else:
         assert model["flops"] > 0
+    # fcos_d2's profiler ranges compute nothing: not listed among the uncounted ops.
+    assert not any("profiler::" in note for note in model["notes"])
     losses = model["train_losses_last"]
     assert losses and all(math.isfinite(v) for v in losses.values())
     assert model["train_losses_finite"] is True
@@ -106,10 +130,20 @@ def test_model_numbers(results, name):
 def test_fcos_d2_breakdown_and_scaling(results):
     fcos = results["models"]["fcos_d2"]
     training, inference = fcos["breakdown"]["training"], fcos["breakdown"]["inference"]
-    for stage in ("backbone+FPN", "head", "target assignment", "losses", "backward+SGD"):
-        _check_measurement(training[stage])
-    for stage in ("backbone+FPN", "head", "decoding+NMS"):
-        _check_measurement(inference[stage])
+    # The stage names of the JSON and of the table, as they were before the profiler timed them.
+    assert list(training) == [
+        "preprocess",
+        "backbone+FPN",
+        "head",
+        "flatten",
+        "target assignment",
+        "losses",
+        "backward+SGD",
+    ]
+    assert list(inference) == ["preprocess", "backbone+FPN", "head", "decoding+NMS", "postprocess"]
+    for summary in [*training.values(), *inference.values()]:
+        _check_measurement(summary)
+    assert sum(note.startswith("fcos_d2 stages:") for note in results["notes"]) == 1
     assert list(fcos["assignment_scaling"]) == ["10", "100"]
     for summary in fcos["assignment_scaling"].values():
         _check_measurement(summary)
@@ -117,38 +151,38 @@ def test_fcos_d2_breakdown_and_scaling(results):
 
 
 def test_report_has_the_tables(results):
-    report = benchmark.format_report(results)
+    report = format_report(results)
     for text in ("fcos_d2", "d2_fcos", "vs d2_fcos", "decoding+NMS", "assign_targets"):
         assert text in report
 
 
 def test_losses_finite_needs_losses_and_finite_values():
-    assert benchmark.losses_finite({"a": 1.0, "b": 0.0})
-    assert not benchmark.losses_finite({})
-    assert not benchmark.losses_finite({"a": 1.0, "b": math.nan})
-    assert not benchmark.losses_finite({"a": math.inf})
+    assert losses_finite({"a": 1.0, "b": 0.0})
+    assert not losses_finite({})
+    assert not losses_finite({"a": 1.0, "b": math.nan})
+    assert not losses_finite({"a": math.inf})
 
 
 def test_amp_runs_the_model_in_reduced_precision_with_finite_losses():
     args = benchmark.parse_args(TINY + ["--amp"])
     device = torch.device("cpu")
-    contender = benchmark.build_fcos_d2(args, device)
+    contender = build_fcos_d2(args, device)
     model = contender.model.train()
-    samples = benchmark.make_samples(torch.Generator().manual_seed(0), 2, 64, 96, 3)
+    samples = make_samples(torch.Generator().manual_seed(0), 2, 64, 96, 3)
     (inputs,) = contender.to_inputs(samples, True)
     head_dtypes = []
     model.head.register_forward_hook(lambda m, i, out: head_dtypes.append(out[0][0].dtype))
-    optimizer = benchmark.make_optimizer(model)
-    clock = benchmark.StageClock(device)
+    optimizer = make_optimizer(model)
     # The GradScaler path (CUDA's, given a CPU scaler here): finite gradients, a step taken.
     scaler = torch.amp.GradScaler("cpu")
     with EventStorage():
-        losses, stepped = benchmark.training_step(model, (inputs,), optimizer, True, scaler)
-        benchmark.staged_training_step(model, inputs, optimizer, clock, amp=True)
-        plain, _ = benchmark.training_step(model, (inputs,), optimizer, amp=False)
+        losses, stepped = training_step(model, (inputs,), optimizer, True, scaler)
+        stage_seconds = staged_training_step(model, inputs, optimizer, amp=True)
+        plain, _ = training_step(model, (inputs,), optimizer, amp=False)
     assert stepped and scaler.get_scale() == 2.0**16
     assert head_dtypes == [torch.bfloat16, torch.bfloat16, torch.float32]
-    assert benchmark.losses_finite(losses)
+    assert set(stage_seconds) == set(TRAINING_STAGES)
+    assert losses_finite(losses)
     for name, value in losses.items():  # lr 0: same weights, so close to float32
         assert value == pytest.approx(plain[name], rel=0.05), name
 
@@ -157,15 +191,15 @@ def test_backward_and_step_reports_a_step_the_scaler_skipped():
     weight = nn.Parameter(torch.ones(3))
     optimizer = torch.optim.SGD([weight], lr=0.1)
     scaler = torch.amp.GradScaler("cpu")
-    assert benchmark.backward_and_step((weight * 2).sum(), optimizer, scaler)
-    assert not benchmark.backward_and_step((weight * math.inf).sum(), optimizer, scaler)
+    assert backward_and_step((weight * 2).sum(), optimizer, scaler)
+    assert not backward_and_step((weight * math.inf).sum(), optimizer, scaler)
     assert scaler.get_scale() < 2.0**16
 
 
 def test_report_names_the_precision(results):
-    assert "float32 throughout" in benchmark.format_report(results)
+    assert "float32 throughout" in format_report(results)
     amp_results = {**results, "settings": {**results["settings"], "amp": True}}
-    assert "--amp: training in bfloat16 autocast" in benchmark.format_report(amp_results)
+    assert "--amp: training in bfloat16 autocast" in format_report(amp_results)
 
 
 class _Untraceable(nn.Module):
@@ -175,14 +209,14 @@ class _Untraceable(nn.Module):
 
 def test_flop_failure_is_reported_not_raised():
     model = _Untraceable()
-    flops, note = benchmark.count_flops(model, ([{"image": torch.zeros(3, 8, 8)}],))
+    flops, note = count_flops(model, ([{"image": torch.zeros(3, 8, 8)}],))
     assert flops is None and "RuntimeError" in note and "cannot trace me" in note
     assert model.training  # mode restored
 
 
 def test_inputs_are_reproducible_and_inside_the_image():
-    first = benchmark.make_samples(torch.Generator().manual_seed(3), 2, 40, 60, 50)
-    second = benchmark.make_samples(torch.Generator().manual_seed(3), 2, 40, 60, 50)
+    first = make_samples(torch.Generator().manual_seed(3), 2, 40, 60, 50)
+    second = make_samples(torch.Generator().manual_seed(3), 2, 40, 60, 50)
     for a, b in zip(first, second):
         assert torch.equal(a.image, b.image) and torch.equal(a.boxes, b.boxes)
         assert a.image.shape == (3, 40, 60) and 0 <= a.image.min() and a.image.max() <= 255
@@ -193,11 +227,46 @@ def test_inputs_are_reproducible_and_inside_the_image():
 
 
 def test_peak_memory_sees_an_allocation():
-    with benchmark.PeakMemory(torch.device("cpu"), sample_interval_s=0.001) as memory:
+    with PeakMemory(torch.device("cpu"), sample_interval_s=0.001) as memory:
         block = torch.ones(64 * 2**20 // 4)  # 64 MB, written to, so resident
         time.sleep(0.02)
     del block
-    if benchmark.read_rss_bytes() is None:
+    if read_rss_bytes() is None:
         assert memory.peak_mb is None
     else:
         assert memory.peak_mb >= 32
+
+
+def test_profiler_ranges_time_every_stage_of_fcos_d2():
+    """The breakdown comes from the profiler ranges of fcos_d2's own forward: every stage,
+    every repetition, a positive time."""
+    args = benchmark.parse_args(TINY)
+    device = torch.device("cpu")
+    contender = build_fcos_d2(args, device)
+    samples = make_samples(torch.Generator().manual_seed(0), 2, 64, 96, 3)
+    breakdown = measure_breakdown(contender, samples, samples[:1], device, warmup=0, reps=2)
+    assert list(breakdown) == ["training", "inference"]
+    assert tuple(breakdown["training"]) == TRAINING_STAGES
+    assert tuple(breakdown["inference"]) == INFERENCE_STAGES
+    for phase, stages in breakdown.items():
+        for stage, measurement in stages.items():
+            assert len(measurement.seconds) == 2, (phase, stage)
+            assert all(math.isfinite(s) and s > 0 for s in measurement.seconds), (phase, stage)
+
+
+def test_range_seconds_takes_device_time_where_a_range_ran_on_the_device():
+    def average(key, device_type, cpu_us=0.0, device_us=0.0):
+        return SimpleNamespace(
+            key=key, device_type=device_type, cpu_time_total=cpu_us, device_time_total=device_us
+        )
+
+    averages = [
+        average("fcos_d2.head", DeviceType.CPU, cpu_us=300.0),
+        average("fcos_d2.head", DeviceType.CUDA, device_us=2000.0),
+        average("fcos_d2.postprocess", DeviceType.CPU, cpu_us=400.0),  # no device work
+        average("aten::conv2d", DeviceType.CPU, cpu_us=9000.0),  # not a stage
+    ]
+    on_device = range_seconds(averages, use_device_time=True)
+    assert on_device == pytest.approx({"head": 2e-3, "postprocess": 4e-4})
+    on_host = range_seconds(averages, use_device_time=False)
+    assert on_host == pytest.approx({"head": 3e-4, "postprocess": 4e-4})
