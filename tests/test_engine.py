@@ -14,6 +14,8 @@ from fcos_d2.config import setup_cfg
 from fcos_d2.data.datasets import generate_shapes_split
 from fcos_d2.engine import Trainer
 
+pytestmark = pytest.mark.slow  # end to end: run by `make test`, not by `-m "not slow"`
+
 
 # Shared by 9 and 10: a train split of one image, so every batch is the same.
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from fcos_d2.export import (
 from fcos_d2.modeling.speedups import FrozenBNFoldedConv2d
 
 pytestmark = [
+    pytest.mark.slow,  # end to end: run by `make test`, not by `-m "not slow"`
     # torchvision's fake nms and torch.export.save; nothing this project can act on.
     pytest.mark.filterwarnings("ignore:`create_unbacked_symint` is deprecated:FutureWarning"),
     pytest.mark.filterwarnings("ignore:No complete tensor found in the group:UserWarning"),

@@ -27,6 +27,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from fcos_d2.conversion import convert_torchvision_fcos
 
+pytestmark = pytest.mark.slow  # end to end: run by `make test`, not by `-m "not slow"`
+
 CONFIG = CONFIGS / "FCOS_R_50_torchvision.yaml"
 
 

@@ -34,7 +34,7 @@ CROWD_RECORD = {
 
 
 def test_crowd_annotations_are_kept_by_the_mapper_and_ignored_by_the_loss(monkeypatch):
-    from fcos_d2 import image_io
+    from fcos_d2.data import image_io
 
     cfg = load_config()
     mapper = CrowdAwareDatasetMapper(cfg, is_train=True)
@@ -78,6 +78,7 @@ def test_crowd_annotations_are_kept_by_the_mapper_and_ignored_by_the_loss(monkey
     assert loss(control)["loss_fcos_cls"] > loss(logits)["loss_fcos_cls"]
 
 
+@pytest.mark.slow
 def test_crowd_boxes_reach_the_model_through_the_trainer_loader_with_flips(tmp_path):
     """Trainer.build_train_loader (FCOS) with its random horizontal flip keeps the crowd box,
     flipped with the image."""

@@ -135,6 +135,7 @@ def test_mismatched_strides_name_the_key():
         build_model(load_config(opts=["MODEL.FCOS.FPN_STRIDES", "[8, 16, 64]"]))
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_one_image_and_detects_both_boxes():
     model = build_model(load_config(opts=["MODEL.FCOS.NUM_CLASSES", "2"]))
     image = torch.full((3, 64, 64), 40.0)

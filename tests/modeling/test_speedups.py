@@ -107,9 +107,8 @@ def assert_same_training_step(plain, fast, dtype, loss_tol, grad_tol):
         torch.testing.assert_close(grads_b[name], grads_a[name], **grad_tol, msg=name)
 
 
-@pytest.mark.parametrize("name", ["channels-last", "both"])
-def test_training_losses_and_gradients_are_the_same(name):
-    plain, fast = randomized_pair(SPEEDUPS[name])
+def test_channels_last_training_losses_and_gradients_are_the_same_in_float32():
+    plain, fast = randomized_pair(SPEEDUPS["channels-last"])
     assert_same_training_step(
         plain, fast, torch.float32, dict(atol=1e-5, rtol=1e-4), dict(atol=1e-4, rtol=1e-3)
     )
@@ -117,7 +116,7 @@ def test_training_losses_and_gradients_are_the_same(name):
 
 @pytest.mark.parametrize("name", list(SPEEDUPS))
 def test_training_step_is_the_same_function_in_float64(name):
-    """Folding alone, in float32, moves some backbone gradients beyond rtol 1e-3: folding
+    """Folding, in float32, moves some backbone gradients beyond rtol 1e-3: folding
     the random BN scales (0.5-1.5 / sqrt(0.5-2)) into 53 convs rounds differently from
     scaling their outputs. In float64 every speed-up agrees to 1e-9: the same function and
     the same gradients, the float32 difference being rounding."""

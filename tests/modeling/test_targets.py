@@ -197,6 +197,7 @@ def test_degenerate_and_outside_boxes_are_dropped_or_clipped():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
 
 
+@pytest.mark.slow
 def test_thousand_boxes_train_with_bounded_assignment_memory(monkeypatch):
     largest = []
     real = targets_module._pairwise_sides
@@ -262,6 +263,7 @@ print(max(peak[0], rss_mb()) - before)
     return float(completed.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_assignment_memory_at_a_thousand_boxes_is_bounded_by_chunking():
     """Measured, not computed: the README's ~80 MB at 1000 boxes, bounded here at 200 MiB;
     without chunking the same assignment needs several times more."""

@@ -36,6 +36,8 @@ from fcos_d2.benchmark.stages import (
     staged_training_step,
 )
 
+pytestmark = pytest.mark.slow  # end to end: run by `make test`, not by `-m "not slow"`
+
 TINY = [
     "--config-file",
     str(QUICK_CONFIG),

@@ -5,6 +5,7 @@ import json
 import pytest
 
 
+@pytest.mark.slow
 def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
     """tools/compare.py trains FCOS and Mask R-CNN (a few iterations, tiny data), FCOS again
     for a time budget, and writes the report; a second call keeps the runs."""
@@ -99,7 +100,7 @@ def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
     (runs_dir / runs[2] / "run.json").write_text(json.dumps(mask_run))
     assert runner.add_proposal_recall(str(runs_dir / runs[2]))
     again = json.loads((runs_dir / runs[2] / "run.json").read_text())["proposals"]
-    assert again["compare_cmp_val"] == pytest.approx(recall)
+    assert again["compare_cmp_val"] == pytest.approx(recall, nan_ok=True)  # no medium/large
     assert not runner.add_proposal_recall(str(runs_dir / runs[0]))  # FCOS: nothing to add
 
 
@@ -148,7 +149,7 @@ def test_each_run_waits_while_the_hold_file_exists(monkeypatch, tmp_path):
     monkeypatch.setattr(compare.time, "sleep", sleep)
     monkeypatch.setattr(compare, "run_in_subprocess", lambda *a: {"train_seconds": 1.0})
     args = compare.argument_parser().parse_args(
-        ["--output", str(tmp_path), "--hold-file", str(hold)]
+        ["--output", str(tmp_path), "--hold-file", str(hold), "--seeds", "1"]
     )
     compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
     assert len(sleeps) == 3 and not hold.exists()

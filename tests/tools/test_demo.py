@@ -5,11 +5,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from conftest import QUICK_CONFIG
 
 import demo
 
 
+@pytest.mark.slow
 def test_demo_writes_images_and_json_and_skips_unreadable(tmp_path, capsys):
     inputs = tmp_path / "in"
     inputs.mkdir()
@@ -47,6 +49,7 @@ def test_demo_writes_images_and_json_and_skips_unreadable(tmp_path, capsys):
     assert "skipped (unreadable): " + str(inputs / "corrupt.jpg") in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_demo_keeps_extensions_and_reports_or_walks_subdirectories(tmp_path, caplog):
     inputs = tmp_path / "in"
     (inputs / "sub").mkdir(parents=True)
@@ -89,6 +92,7 @@ def test_demo_keeps_extensions_and_reports_or_walks_subdirectories(tmp_path, cap
     }
 
 
+@pytest.mark.slow
 def test_demo_names_classes_and_ids_as_the_training_set(tmp_path):
     """Trained on a COCO file with category ids 7 and 42: demo.py labels detections with
     that file's names and ids (not the built-in dataset's), from OUTPUT_DIR/classes.json."""

@@ -7,7 +7,10 @@ import subprocess
 import sys
 
 import gpu_check_summary  # tools/, on the path from conftest
+import pytest
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # end to end: run by `make test`, not by `-m "not slow"`
 
 
 def test_dry_run_fast_parts(tmp_path):

@@ -14,6 +14,8 @@ from fcos_d2.data.coco_dataset import DatasetError
 from fcos_d2.data.datasets import generate_shapes_split
 from fcos_d2.engine import Trainer
 
+pytestmark = pytest.mark.slow  # end to end: run by `make test`, not by `-m "not slow"`
+
 
 def test_train_net_logs_the_fallback_to_the_run_log(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 import torch
 import visualize_fcos  # tools/, on sys.path through conftest
 from conftest import QUICK_CONFIG, load_config
@@ -38,6 +39,7 @@ def test_each_detection_is_traced_back_to_its_location():
         assert 0 <= level < len(model.strides)
 
 
+@pytest.mark.slow
 def test_tool_writes_the_picture(tmp_path):
     image = tmp_path / "in.png"
     cv2.imwrite(str(image), (np.random.default_rng(0).random((64, 80, 3)) * 255).astype(np.uint8))

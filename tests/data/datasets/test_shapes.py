@@ -126,6 +126,7 @@ def ensure_and_count(counter_file, *args):
     return ensure_shapes_split(*args)
 
 
+@pytest.mark.slow
 def test_concurrent_processes_generate_once(tmp_path):
     import multiprocessing
 
@@ -142,6 +143,7 @@ def test_concurrent_processes_generate_once(tmp_path):
     assert sorted(os.listdir(image_dir)) == [f"{i:06d}.png" for i in range(1, 7)]
 
 
+@pytest.mark.slow
 def test_command_line_defaults_reproduce_the_registered_splits(tmp_path):
     """``--split val`` alone writes what ``shapes_val`` is generated with."""
     builtin = shapes.BUILTIN_SPLITS["shapes_val"]
@@ -182,6 +184,7 @@ def test_crowded_knob_from_the_command_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_crowded_validation_set_overlaps_as_promised(tmp_path):
     from fcos_d2.data.datasets import shapes
 
