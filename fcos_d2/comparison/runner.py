@@ -116,7 +116,8 @@ def add_proposal_recall(run_dir: str) -> bool:
     cfg = setup_cfg(run["config"], [*run["opts"], "MODEL.WEIGHTS", weights])
     model = build_model(cfg)
     DetectionCheckpointer(model).load(weights)
-    run["proposals"] = {d: evaluate_proposals(model, cfg, d) for d in run["ground_truth"]}
+    datasets = run["curve"][-1]["datasets"]  # those evaluated at the end
+    run["proposals"] = {d: evaluate_proposals(model, cfg, d) for d in datasets}
     with open(os.path.join(run_dir, RUN_FILE), "w") as f:
         json.dump(run, f, indent=1)
     return True
