@@ -230,7 +230,9 @@ def proposals_table(results: DatasetResults) -> str:
             values = [p[key] for p in per_run]
             spread = f" ±{np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
             cells.append(f"{np.mean(values):.1f}{spread}")
-        generator = s.runs[0].get("proposal_generator") or "–"
+        generator = next(
+            (r["proposal_generator"] for r in s.runs if r.get("proposal_generator")), "–"
+        )
         rows.append([s.label, generator, len(per_run), *cells])
     if not rows:
         return "No R-CNN run recorded its proposals."
