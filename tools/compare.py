@@ -124,6 +124,7 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar=("CONFIG", "RUN_DIR", "SEED", "BUDGET_S"),
         help=argparse.SUPPRESS,
     )
+    parser.add_argument("--seconds-per-iter", type=float, help=argparse.SUPPRESS)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs for every model"
     )
@@ -136,7 +137,12 @@ def run_directory(output: str, config: str, seed: int, budget: bool) -> str:
 
 
 def run_in_subprocess(
-    args, config: str, run_dir: str, seed: int, budget_seconds: Optional[float]
+    args,
+    config: str,
+    run_dir: str,
+    seed: int,
+    budget_seconds: Optional[float],
+    seconds_per_iter: Optional[float] = None,
 ) -> dict:
     """Train and evaluate one model in its own process, unless its run.json exists."""
     run_file = os.path.join(run_dir, runner.RUN_FILE)
@@ -155,6 +161,7 @@ def run_in_subprocess(
             run_dir,
             str(seed),
             str(budget_seconds or 0),
+            *(["--seconds-per-iter", str(seconds_per_iter)] if seconds_per_iter else []),
             "--datasets",
             *args.datasets,
             "--evaluations",
@@ -197,7 +204,17 @@ def plan_and_run(args, configs: List[str]) -> None:
         run_dir = run_directory(args.output, config, seed, budget_seconds is not None)
         if not os.path.isfile(os.path.join(run_dir, runner.RUN_FILE)):
             wait_while_held(args.hold_file)
-        return run_in_subprocess(args, config, run_dir, seed, budget_seconds)
+        measured = measured_seconds_per_iter(config, seed) if budget_seconds else None
+        return run_in_subprocess(args, config, run_dir, seed, budget_seconds, measured)
+
+    def measured_seconds_per_iter(config: str, seed: int) -> Optional[float]:
+        """The model's time per iteration in its schedule run at this seed, if it has one."""
+        run_file = os.path.join(run_directory(args.output, config, seed, False), runner.RUN_FILE)
+        if not os.path.isfile(run_file):
+            return None
+        with open(run_file) as f:
+            schedule_run = json.load(f)
+        return schedule_run["train_seconds"] / schedule_run["max_iter"]
 
     def budget_for(seed: int) -> Optional[float]:
         if budget_from:  # its measured time at this seed (trained if not yet)
@@ -237,6 +254,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             seed=int(seed),
             num_evaluations=args.evaluations,
             budget_seconds=float(budget) or None,
+            seconds_per_iteration=args.seconds_per_iter,
         )
         return 0
 

@@ -242,6 +242,7 @@ def train_and_evaluate(
     num_evaluations: int = 6,
     budget_seconds: Optional[float] = None,
     name: Optional[str] = None,
+    seconds_per_iteration: Optional[float] = None,
 ) -> Dict:
     """Train a model, evaluate it along the way and at the end, write ``run.json``.
 
@@ -252,7 +253,11 @@ def train_and_evaluate(
         seed: Detectron2's SEED (weights, data order, augmentation).
         num_evaluations: points on the learning curve, the final one included.
         budget_seconds: train for about this long: the schedule is stretched (see
-            ``scaled_schedule_opts``) to the iterations that fit, timed beforehand.
+            ``scaled_schedule_opts``) to the iterations that fit.
+        seconds_per_iteration: with a budget, this model's measured training time per
+            iteration on this machine (its schedule run's time / iterations, data loading
+            included), which sets the iterations that fit; without it, ``CALIBRATION_ITERS``
+            iterations are timed first (their median runs faster than a whole schedule does).
     """
     os.makedirs(run_dir, exist_ok=True)
     base_opts = [
@@ -270,8 +275,10 @@ def train_and_evaluate(
     eval_period = max(1, cfg.SOLVER.MAX_ITER // num_evaluations)
     calibrated = None
     if budget_seconds is not None:
-        seed_all_rng(seed)
-        calibrated = calibrate_seconds_per_iteration(config_file, base_opts, run_dir)
+        calibrated = seconds_per_iteration
+        if calibrated is None:
+            seed_all_rng(seed)
+            calibrated = calibrate_seconds_per_iteration(config_file, base_opts, run_dir)
         max_iter = max(CALIBRATION_ITERS, int(budget_seconds / calibrated))
         schedule_opts, eval_period = scaled_schedule_opts(cfg, max_iter, eval_period)
         cfg = setup_cfg(config_file, [*base_opts, *schedule_opts, "OUTPUT_DIR", run_dir])
@@ -302,6 +309,9 @@ def train_and_evaluate(
         "schedule": "time budget" if budget_seconds is not None else "iterations",
         "budget_seconds": budget_seconds,
         "calibrated_s_per_iter": calibrated,
+        "calibration": None
+        if budget_seconds is None
+        else ("schedule run" if seconds_per_iteration else f"{CALIBRATION_ITERS} timed iterations"),
         "max_iter": cfg.SOLVER.MAX_ITER,
         "train_seconds": train_seconds,
         "train_s_per_iter": _median_iteration_seconds(os.path.join(run_dir, "metrics.json")),

@@ -1,6 +1,7 @@
 """tools/compare.py end to end (tiny runs, a time budget) and its plan of runs."""
 
 import json
+import os
 
 import pytest
 
@@ -81,6 +82,12 @@ def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
     budget_run = json.loads((runs_dir / runs[1] / "run.json").read_text())
     mask_run = json.loads((runs_dir / runs[2] / "run.json").read_text())
     assert budget_run["budget_seconds"] == pytest.approx(1.2) and budget_run["max_iter"] >= 30
+    # The iterations that fit come from FCOS's own schedule run, not from a separate timing.
+    schedule_run = json.loads((runs_dir / runs[0] / "run.json").read_text())
+    assert budget_run["calibration"] == "schedule run"
+    assert budget_run["calibrated_s_per_iter"] == pytest.approx(
+        schedule_run["train_seconds"] / schedule_run["max_iter"]
+    )
     assert [p["iteration"] for p in mask_run["curve"]] == [2, 4]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {v["budget"] for v in report["verdicts"]} == {"equal iterations", "equal time"}
@@ -110,7 +117,7 @@ def test_time_budget_is_the_named_models_measured_time_per_seed(monkeypatch, tmp
 
     calls = []
 
-    def fake_run(args, config, run_dir, seed, budget_seconds):
+    def fake_run(args, config, run_dir, seed, budget_seconds, seconds_per_iter=None):
         calls.append((config, seed, budget_seconds))
         return {"train_seconds": 100.0 + seed}
 
@@ -132,6 +139,29 @@ def test_time_budget_is_the_named_models_measured_time_per_seed(monkeypatch, tmp
         ("faster.yaml", 0, 100.0),
         ("faster.yaml", 1, 101.0),
     ]
+
+
+def test_budget_runs_take_their_pace_from_the_models_schedule_run(monkeypatch, tmp_path):
+    """A budget run gets the iterations that fit at its own schedule run's measured pace
+    (time / iterations, same seed), not a separate timing of a few iterations."""
+    import compare
+
+    paces = {}
+
+    def fake_run(args, config, run_dir, seed, budget_seconds, seconds_per_iter=None):
+        if budget_seconds is None:
+            os.makedirs(run_dir, exist_ok=True)
+            with open(os.path.join(run_dir, "run.json"), "w") as f:
+                json.dump({"train_seconds": 30.0 * (seed + 1), "max_iter": 100}, f)
+        else:
+            paces[(config, seed)] = seconds_per_iter
+        return {"train_seconds": 500.0}
+
+    monkeypatch.setattr(compare, "run_in_subprocess", fake_run)
+    args = compare.argument_parser().parse_args(["--seeds", "2", "--output", str(tmp_path)])
+    args.budget_from = "mask.yaml"
+    compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
+    assert paces == {("fcos.yaml", 0): pytest.approx(0.3), ("fcos.yaml", 1): pytest.approx(0.6)}
 
 
 def test_each_run_waits_while_the_hold_file_exists(monkeypatch, tmp_path):
