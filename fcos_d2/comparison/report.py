@@ -26,6 +26,7 @@ from .statistics import (  # noqa: E402
     ALL,
     Estimate,
     Series,
+    difference_estimate,
     evaluate_series,
     group_datasets,
     metric_estimate,
@@ -240,6 +241,50 @@ def proposals_table(results: DatasetResults) -> str:
     return tabulate(rows, headers=headers, tablefmt="pipe")
 
 
+VARIANT_METRICS = (
+    (ALL, "AP", "box AP"),
+    (ALL, "AP50", "AP50"),
+    (ALL, "AP75", "AP75"),
+    (ALL, "AR100", "AR@100"),
+    (ALL, "R50", "recall@0.5"),
+    (CROWDED, "AP", "AP, overlap > 0.3"),
+)
+
+
+def variant_differences(results: DatasetResults) -> List[dict]:
+    """Each model against the reference of its kind and schedule, paired over images.
+
+    The reference is the model the verdicts judge: the first FCOS, and Mask R-CNN with its
+    anchor RPN among the R-CNNs. A variant is any other model of the same
+    meta-architecture trained on the same schedule (a config with one key changed, FCOS
+    proposals in Mask R-CNN, Faster R-CNN)."""
+    records = []
+    for series in results.series:
+        reference = results.find(
+            series.meta_architecture, series.schedule, with_masks=True
+        ) or results.find(series.meta_architecture, series.schedule)
+        if reference is None or reference is series:
+            continue
+        differences = {
+            title: difference_estimate(series, reference, group, metric)
+            for group, metric, title in VARIANT_METRICS
+        }
+        records.append({"variant": series, "reference": reference, "differences": differences})
+    return records
+
+
+def variants_table(records: List[dict]) -> str:
+    headers = ["model − reference", *(title for _, _, title in VARIANT_METRICS)]
+    rows = [
+        [
+            f"{r['variant'].label} − {r['reference'].name}",
+            *(r["differences"][title].text() for _, _, title in VARIANT_METRICS),
+        ]
+        for r in records
+    ]
+    return tabulate(rows, headers=headers, tablefmt="pipe")
+
+
 def _probe_column(series: Series) -> str:
     """The machine speed probe before / after training (runs that recorded it)."""
     probes = [r["speed_probe_seconds"] for r in series.runs if r.get("speed_probe_seconds")]
@@ -413,6 +458,21 @@ def verdict_table(records: List[dict]) -> str:
     )
 
 
+def _variants_section(results: DatasetResults) -> List[str]:
+    records = variant_differences(results)
+    if not records:
+        return []
+    return [
+        "### Variants against their reference",
+        "",
+        "Differences (model − reference) paired over validation images, with 95% intervals; "
+        "the reference is the model of the same kind and schedule that the verdicts judge.",
+        "",
+        variants_table(records),
+        "",
+    ]
+
+
 def write_report(
     runs_root: str, output_dir: str, num_resamples: int = 1000, seed: int = 0, command: str = ""
 ) -> Dict:
@@ -467,6 +527,7 @@ def write_report(
             "",
             metrics_table(results),
             "",
+            *_variants_section(results),
             "### Proposals of the R-CNNs",
             "",
             proposals_table(results),
@@ -513,6 +574,17 @@ def write_report(
                 }
                 for s in r.series
             }
+            for r in all_results
+        },
+        "variants": {
+            r.dataset: [
+                {
+                    "variant": v["variant"].label,
+                    "reference": v["reference"].label,
+                    "differences": {k: e.__dict__ for k, e in v["differences"].items()},
+                }
+                for v in variant_differences(r)
+            ]
             for r in all_results
         },
         "verdicts": records,

@@ -77,3 +77,30 @@ def test_report_end_to_end_from_saved_runs(tmp_path):
     assert "## hand (40 images, 60 boxes)" in text and "**supported**" in text
     for plot in ("ap_vs_time.png", "recall_by_overlap.png", "recall_vs_iou.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
+
+
+def test_variants_are_reported_against_the_judged_model_of_their_kind(tmp_path):
+    """A config variant of FCOS is compared with the judged FCOS, paired over images:
+    identical detections differ by exactly [0, 0]; half the boxes found lose recall."""
+    from fcos_d2.comparison.report import write_report
+
+    dataset = crowded_case()
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+    truth = [detection(a["image_id"], a["bbox"], 0.9) for a in dataset["annotations"]]
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(runs, "fcos", "FCOS", "iterations", seed, [(20, 40.0, truth)])
+        write_run(runs, "fcos_same", "FCOS", "iterations", seed, [(20, 40.0, truth)])
+        write_run(runs, "fcos_half", "FCOS", "iterations", seed, [(20, 40.0, truth[::2])])
+    summary = write_report(str(runs), str(tmp_path / "report"), num_resamples=50)
+
+    variants = {v["variant"]: v for v in summary["variants"]["hand"]}
+    assert set(variants) == {"fcos_half (iterations)", "fcos_same (iterations)"}
+    assert {v["reference"] for v in variants.values()} == {"fcos (iterations)"}
+    same = variants["fcos_same (iterations)"]["differences"]["recall@0.5"]
+    assert (same["value"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    half = variants["fcos_half (iterations)"]["differences"]["recall@0.5"]
+    assert half["value"] == pytest.approx(-50.0) and half["high"] < 0
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "### Variants against their reference" in text
+    assert "fcos_half (iterations) − fcos" in text
