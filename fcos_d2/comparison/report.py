@@ -8,6 +8,7 @@ one series; every number is computed from those files, with intervals as describ
 
 import glob
 import json
+import math
 import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
@@ -415,9 +416,17 @@ def _settle_text(record: dict) -> str:
     if record["verdict"] != INCONCLUSIVE:
         return ""
     factor = record["data_to_settle"]
-    if factor is None:
-        return "estimate within the margin: no amount of data settles it"
-    return f"≈ {factor:.1f}× the images and seeds"
+    if factor is not None:
+        return f"≈ {factor:.1f}× the images and seeds"
+    if record["difference"] is None:
+        return "no estimate"
+    value, low, high = record["difference"]
+    if not all(map(math.isfinite, (value, low, high))):
+        return (
+            "unbounded interval: in some resamples a model never reaches the common AP; "
+            "more seeds, or a lower common AP, bound it"
+        )
+    return "estimate within the margin: no amount of data settles it"
 
 
 def _difference_text(record: dict) -> str:

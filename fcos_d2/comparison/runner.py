@@ -304,7 +304,6 @@ def train_and_evaluate(
         "config": config_file,
         "opts": list(opts),
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
-        "proposal_generator": cfg.MODEL.PROPOSAL_GENERATOR.NAME,
         "seed": seed,
         "schedule": "time budget" if budget_seconds is not None else "iterations",
         "budget_seconds": budget_seconds,
@@ -323,7 +322,8 @@ def train_and_evaluate(
         "ground_truth": {d: MetadataCatalog.get(d).json_file for d in datasets},
         "curve": curve.points,
     }
-    if proposals:
+    if proposals:  # an R-CNN: which proposals, and how good they were
+        run["proposal_generator"] = cfg.MODEL.PROPOSAL_GENERATOR.NAME
         run["proposals"] = proposals
     with open(os.path.join(run_dir, RUN_FILE), "w") as f:
         json.dump(run, f, indent=1)

@@ -104,3 +104,19 @@ def test_variants_are_reported_against_the_judged_model_of_their_kind(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert "### Variants against their reference" in text
     assert "fcos_half (iterations) − fcos" in text
+
+
+@pytest.mark.parametrize(
+    "difference, factor, expected",
+    [
+        ([3.0, 0.5, 5.5], 1.6, "≈ 1.6× the images and seeds"),
+        ([0.5, -2.0, 3.0], None, "estimate within the margin"),
+        ([53.0, float("-inf"), 64.0], None, "unbounded interval"),
+    ],
+)
+def test_to_settle_text_says_why_an_inconclusive_verdict_is_open(difference, factor, expected):
+    from fcos_d2.comparison.report import _settle_text
+
+    record = {"verdict": INCONCLUSIVE, "difference": difference, "data_to_settle": factor}
+    assert _settle_text(record).startswith(expected)
+    assert _settle_text({**record, "verdict": SUPPORTED}) == ""
