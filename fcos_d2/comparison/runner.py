@@ -118,6 +118,7 @@ def add_proposal_recall(run_dir: str) -> bool:
     DetectionCheckpointer(model).load(weights)
     datasets = run["curve"][-1]["datasets"]  # those evaluated at the end
     run["proposals"] = {d: evaluate_proposals(model, cfg, d) for d in datasets}
+    run["proposal_generator"] = cfg.MODEL.PROPOSAL_GENERATOR.NAME
     with open(os.path.join(run_dir, RUN_FILE), "w") as f:
         json.dump(run, f, indent=1)
     return True
