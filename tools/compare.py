@@ -19,6 +19,7 @@ that was recorded gets it evaluated from its model_final.pth.
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -80,8 +81,9 @@ def argument_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="FILE",
-        help="a model to compare (repeat; the first FCOS and the first R-CNN "
-        "are the ones the claims are judged on)",
+        help="a model to compare (repeat). The claims are judged on the FCOS whose config "
+        "name sorts first and on the R-CNN with masks and Detectron2's RPN (else the first "
+        "R-CNN by name); the others are reported as variants against them",
     )
     parser.add_argument("--seeds", type=int, help="training runs per model (default 1; --full 2)")
     parser.add_argument("--datasets", nargs="+", help=f"validation sets (default {VAL_DATASETS})")
@@ -147,6 +149,14 @@ def run_in_subprocess(
     """Train and evaluate one model in its own process, unless its run.json exists."""
     run_file = os.path.join(run_dir, runner.RUN_FILE)
     if os.path.isfile(run_file):
+        with open(run_file) as f:
+            kept_budget = json.load(f).get("budget_seconds")
+        if budget_seconds and kept_budget and not math.isclose(kept_budget, budget_seconds):
+            raise SystemExit(
+                f"{run_file} was trained for a {kept_budget / 60:.1f}-min budget, this "
+                f"comparison asks for {budget_seconds / 60:.1f} min: one budget per --output "
+                "folder; give another --output"
+            )
         print(f"Kept (already done): {run_dir}", flush=True)
         if runner.add_proposal_recall(run_dir):
             print(f"  its proposals' recall evaluated and added to {run_file}", flush=True)
@@ -265,12 +275,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.evaluations = 2
     if args.full:
         configs = configs or [FCOS_CONFIG, MASK_RCNN_CONFIG, FASTER_RCNN_CONFIG]
-        args.budget_from = args.budget_from or MASK_RCNN_CONFIG
+        if not args.budget_minutes:  # the budget is Mask R-CNN's schedule time
+            args.budget_from = args.budget_from or MASK_RCNN_CONFIG
     if args.fcos_proposals:
         configs = [*configs, FCOS_PROPOSALS_CONFIG]
     args.seeds = args.seeds or (2 if args.full else 1)
     args.resamples = args.resamples or (200 if args.quick else 1000)
     args.output = args.output or ("output/compare_full" if args.full else "output/compare")
+    if args.budget_from and args.budget_minutes:
+        raise SystemExit("give --budget-minutes or --budget-from, not both")
     if args.budget_from and args.budget_from not in configs:
         raise SystemExit(f"--budget-from {args.budget_from} is not one of the --config-file models")
 

@@ -28,12 +28,21 @@ from .statistics import (  # noqa: E402
     Estimate,
     Series,
     difference_estimate,
+    drop_estimate,
     evaluate_series,
     group_datasets,
     metric_estimate,
     pool_seeds,
 )
-from .verdicts import CLEAR, CROWDED, INCONCLUSIVE, data_to_settle, judge_claims  # noqa: E402
+from .verdicts import (  # noqa: E402
+    CLAIMS,
+    CLEAR,
+    CROWDED,
+    INCONCLUSIVE,
+    JUDGED_ON,
+    data_to_settle,
+    judge_claims,
+)
 
 ITERATIONS, TIME_BUDGET = "iterations", "time budget"
 METRIC_COLUMNS = (
@@ -46,7 +55,13 @@ METRIC_COLUMNS = (
     ("R50", "recall@0.5"),
     ("R75", "recall@0.75"),
 )
-GROUP_METRICS = (("AP", "AP"), ("R50", "recall@0.5"), ("R75", "recall@0.75"))
+GROUP_METRICS = (
+    ("AP", "AP"),
+    ("R50", "recall@0.5"),
+    ("R75", "recall@0.75"),
+    ("AR100", "AR@100"),
+)
+FALL_METRICS = (("R50", "recall@0.5"), ("AP", "AP"))
 
 
 def load_runs(runs_root: str) -> List[dict]:
@@ -152,24 +167,42 @@ class DatasetResults:
 
 
 def pairings(results: DatasetResults) -> List[Tuple[str, Series, Series]]:
-    """(budget, FCOS, baseline): at equal iterations, and at the baseline's training time.
+    """(budget, FCOS, baseline): at equal iterations, and at equal training time.
 
     The baseline is Mask R-CNN (the R-CNN with masks) when there is one; Faster R-CNN
-    pairs follow.
+    pairs follow. At equal time FCOS's time-budget runs meet the baseline's own time-budget
+    runs, or, where the budget was the baseline's measured schedule time (``--budget-from``,
+    so it has no budget run), the baseline's schedule runs.
     """
     pairs = []
+    fcos_at_budget = results.find("FCOS", TIME_BUDGET)
     for with_masks in (True, False):
         baseline = results.find("GeneralizedRCNN", ITERATIONS, with_masks)
         if baseline is None:
             continue
-        for budget, fcos_schedule in (
-            ("equal iterations", ITERATIONS),
-            ("equal time", TIME_BUDGET),
-        ):
-            fcos = results.find("FCOS", fcos_schedule)
-            if fcos is not None:
-                pairs.append((budget, fcos, baseline))
+        fcos = results.find("FCOS", ITERATIONS)
+        if fcos is not None:
+            pairs.append(("equal iterations", fcos, baseline))
+        if fcos_at_budget is None:
+            continue
+        baseline_at_budget = results.find("GeneralizedRCNN", TIME_BUDGET, with_masks)
+        if baseline_at_budget is None and _budget_came_from(fcos_at_budget, baseline):
+            baseline_at_budget = baseline
+        if baseline_at_budget is not None:
+            pairs.append(("equal time", fcos_at_budget, baseline_at_budget))
     return pairs
+
+
+def _budget_came_from(budget_runs: Series, schedule_runs: Series) -> bool:
+    """Whether every budget run's budget is the training time of the schedule run of its
+    seed (the budget was measured on that model)."""
+    trained = {r["seed"]: r["train_seconds"] for r in schedule_runs.runs}
+    return all(
+        r["seed"] in trained
+        and r.get("budget_seconds") is not None
+        and math.isclose(r["budget_seconds"], trained[r["seed"]])
+        for r in budget_runs.runs
+    )
 
 
 def _run_column(series: Series, key: str, digits: int, scale: float = 1.0) -> str:
@@ -227,11 +260,7 @@ def proposals_table(results: DatasetResults) -> str:
         per_run = [p for p in per_run if p]
         if not per_run:
             continue
-        cells = []
-        for key in PROPOSAL_COLUMNS:
-            values = [p[key] for p in per_run]
-            spread = f" ±{np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
-            cells.append(f"{np.mean(values):.1f}{spread}")
+        cells = [_mean_and_spread([p[key] for p in per_run]) for key in PROPOSAL_COLUMNS]
         generator = next(
             (r["proposal_generator"] for r in s.runs if r.get("proposal_generator")), "–"
         )
@@ -239,7 +268,15 @@ def proposals_table(results: DatasetResults) -> str:
     if not rows:
         return "No R-CNN run recorded its proposals."
     headers = ["model (schedule)", "proposals", "seeds", *PROPOSAL_COLUMNS]
-    return tabulate(rows, headers=headers, tablefmt="pipe")
+    return tabulate(rows, headers=headers, tablefmt="pipe", disable_numparse=True)
+
+
+def _mean_and_spread(values: List[float]) -> str:
+    """ "mean ±sd" over seeds, one decimal; "–" where COCO has no box of that size (NaN)."""
+    if not all(map(math.isfinite, values)):
+        return "–"
+    spread = f" ±{np.std(values, ddof=1):.1f}" if len(values) > 1 else ""
+    return f"{np.mean(values):.1f}{spread}"
 
 
 VARIANT_METRICS = (
@@ -286,6 +323,30 @@ def variants_table(records: List[dict]) -> str:
     return tabulate(rows, headers=headers, tablefmt="pipe")
 
 
+BUDGET_TOLERANCE = 0.05
+
+
+def _overrun_notes(results: DatasetResults) -> List[str]:
+    """A line for each time-budget run that trained longer than its budget allows: its
+    schedule was sized from a measured pace, and a slower machine stretches it."""
+    notes = []
+    for series in results.series:
+        for run in series.runs:
+            budget = run.get("budget_seconds")
+            if budget and run["train_seconds"] > (1 + BUDGET_TOLERANCE) * budget:
+                notes.append(
+                    f"- {series.label}, seed {run['seed']}: trained "
+                    f"{run['train_seconds'] / 60:.1f} min for a {budget / 60:.1f}-min budget "
+                    f"({100 * (run['train_seconds'] / budget - 1):+.0f}%; "
+                    f"{run['max_iter']} iterations at {run['train_s_per_iter']:.3f} s/iter "
+                    f"against the {run.get('calibrated_s_per_iter') or 0:.3f} s/iter planned)."
+                )
+    if not notes:
+        return []
+    title = "Over budget (the machine ran slower than the pace the schedule was sized on):"
+    return [title, "", *notes, ""]
+
+
 def _probe_column(series: Series) -> str:
     """The machine speed probe before / after training (runs that recorded it)."""
     probes = [r["speed_probe_seconds"] for r in series.runs if r.get("speed_probe_seconds")]
@@ -305,6 +366,20 @@ def overlap_tables(results: DatasetResults) -> str:
             for s in results.series
         ]
         tables += [f"**{title}**", "", tabulate(rows, headers=headers, tablefmt="pipe"), ""]
+    crowded_groups = [g for g in groups if g != CLEAR]
+    fall_headers = ["model (schedule)", *(f"{CLEAR} → {g}" for g in crowded_groups)]
+    for metric, title in FALL_METRICS:
+        rows = [
+            [s.label, *(drop_estimate(s, metric, CLEAR, g).text() for g in crowded_groups)]
+            for s in results.series
+        ]
+        tables += [
+            f"**How far {title} falls from boxes that overlap nothing** (> 0: lower on the "
+            "overlapping ones)",
+            "",
+            tabulate(rows, headers=fall_headers, tablefmt="pipe"),
+            "",
+        ]
     return "\n".join(tables)
 
 
@@ -536,6 +611,7 @@ def write_report(
             "",
             metrics_table(results),
             "",
+            *_overrun_notes(results),
             *_variants_section(results),
             "### Proposals of the R-CNNs",
             "",
@@ -565,6 +641,10 @@ def write_report(
         "images and seeds) would narrow its interval (as 1/√n) past the margin if the estimate "
         "stayed put; an estimate inside the margin is a difference too small to matter, which "
         "more data only confirms.",
+        "",
+        "Each claim's difference (positive favours the claim):",
+        "",
+        *(f"- *{claim}*: {judged_on}." for claim, judged_on in zip(CLAIMS, JUDGED_ON)),
     ]
     with open(os.path.join(output_dir, "report.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

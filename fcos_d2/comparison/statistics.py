@@ -13,8 +13,11 @@ replacement (one draw per replicate, the same for every series, so differences b
 models are paired) and, for each series independently, draws its seeds with replacement;
 the replicate's value is the mean over the drawn seeds of the metric on the drawn
 images. Percentile intervals of the replicates therefore hold both the sampling of
-validation images and the spread between training runs (with 2 seeds, the latter only
-roughly).
+validation images and the spread between training runs. With S seeds, resampling them
+gives the seed mean a variance of s²(S − 1)/S² rather than s²/S: half the between-run
+variance with 2 seeds, so intervals from 2 seeds are somewhat too narrow on that part; the
+``±`` (sample standard deviation across seeds) is printed beside them so a reader can see
+how large that part is.
 """
 
 import math

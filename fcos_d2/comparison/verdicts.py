@@ -12,8 +12,10 @@ The verdict follows from the 95% bootstrap interval of that difference alone:
 The claims and what each is judged on:
 
 1. Training takes less time: the time each model needs to reach a common box AP
-   (``TIME_TARGET_FRACTION`` of the lower of the two final APs), as the fraction of the
-   baseline's time FCOS saves; margin 5%. Seconds per iteration are shown as evidence.
+   (``TIME_TARGET_FRACTION`` of the lowest final AP of any run, seed by seed, of the two
+   models: one weak seed must still reach it, or its time is infinite and so is every
+   mean it enters), as the fraction of the baseline's time FCOS saves; margin 5%.
+   Seconds per iteration are shown as evidence.
 2. Higher recall: recall at IoU 0.5 with 100 detections per image, FCOS minus baseline;
    margin 1 point. IoU 0.5 is what "finds the object" means (the question the claim
    asks); AR (IoU 0.5:0.95) mixes in how tightly boxes fit, which claim 3 covers, so
@@ -55,6 +57,21 @@ CLAIMS = (
     "Higher recall",
     "Lower precision (lower accuracy)",
     "Detection quality suffers on overlapping objects",
+)
+# What each claim's difference is, in the words the report prints (see the module docstring).
+JUDGED_ON = (
+    f"the share of the baseline's training time FCOS saves reaching a common box AP "
+    f"({100 * TIME_TARGET_FRACTION:.0f}% of the lowest final AP of any run of the two); "
+    f"margin {100 * TIME_MARGIN:.0f}%",
+    "recall at IoU 0.5 (100 detections per image), FCOS − baseline; margin 1 point. IoU 0.5 "
+    "asks whether an object is found at all, which is what the claim is about; AR@100 "
+    "(IoU 0.5:0.95) and recall at IoU 0.75 also weigh how tightly boxes fit, which the "
+    "precision claim covers, so they are shown as evidence",
+    "box AP, baseline − FCOS; margin 1 point",
+    "how much recall at IoU 0.5 falls from boxes that overlap nothing to boxes that overlap "
+    "another at IoU > 0.3, FCOS's fall − the baseline's; margin 1 point. Recall, not AP: a "
+    "group's AP is charged with the false positives of every image; the AP falls are shown "
+    "as evidence",
 )
 
 
@@ -110,7 +127,7 @@ def _judge(claim: str, difference: Estimate, margin: float, evidence: str) -> Ve
 
 
 def judge_training_time(fcos: Series, baseline: Series) -> Verdict:
-    target = TIME_TARGET_FRACTION * min(fcos.point[ALL]["AP"], baseline.point[ALL]["AP"])
+    target = TIME_TARGET_FRACTION * min(*fcos.per_seed[ALL]["AP"], *baseline.per_seed[ALL]["AP"])
     if target <= 0:
         return Verdict(
             CLAIMS[0],
@@ -129,7 +146,8 @@ def judge_training_time(fcos: Series, baseline: Series) -> Verdict:
     difference = Estimate.of(point, saving)
     s_per_iter = (fcos.run_mean("train_s_per_iter"), baseline.run_mean("train_s_per_iter"))
     evidence = (
-        f"time to {target:.1f} AP ({100 * TIME_TARGET_FRACTION:.0f}% of the lower final AP): "
+        f"time to {target:.1f} AP ({100 * TIME_TARGET_FRACTION:.0f}% of the lowest final AP "
+        "of a run): "
         f"FCOS {fcos_seconds / 60:.1f} min vs {baseline_seconds / 60:.1f} min, "
         f"{100 * difference.value:+.0f}% saved [{100 * difference.low:+.0f}%, "
         f"{100 * difference.high:+.0f}%]; train s/iter {_fmt(s_per_iter[0], 3)} vs "

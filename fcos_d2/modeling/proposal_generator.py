@@ -191,6 +191,7 @@ class FCOS(nn.Module):
             proposals.proposal_boxes = Boxes(boxes)
             # The score as a logit, as the RPN's objectness (sorted the same way).
             eps = 1e-6
-            proposals.objectness_logits = torch.logit(scores.clamp(eps, 1 - eps))
+            # In float32: under autocast 1 - 1e-6 rounds to 1 in float16, and the logit to inf.
+            proposals.objectness_logits = torch.logit(scores.float().clamp(eps, 1 - eps))
             results.append(proposals)
         return results

@@ -31,7 +31,7 @@ class FCOSWithTTA(nn.Module):
             cfg: the config (``TEST.AUG``).
             model: a built FCOS (possibly wrapped in DistributedDataParallel).
             tta_mapper: makes the augmented inputs; Detectron2's ``DatasetMapperTTA(cfg)``.
-            batch_size: augmented images per forward.
+            batch_size: augmented images of one size per forward.
         """
         super().__init__()
         self.model = (
@@ -39,6 +39,19 @@ class FCOSWithTTA(nn.Module):
         )
         self.tta_mapper = tta_mapper or DatasetMapperTTA(cfg)
         self.batch_size = batch_size
+
+    def _same_size_batches(self, augmented: List[Dict]) -> List[List[int]]:
+        """Indices of the augmented inputs in batches of one image size (a scale and its
+        flip), at most ``batch_size`` each. Mixing sizes would pad the smaller images, and a
+        GroupNorm head's statistics would then depend on which images share the batch."""
+        by_size: Dict[tuple, List[int]] = {}
+        for j, x in enumerate(augmented):
+            by_size.setdefault(tuple(x["image"].shape[-2:]), []).append(j)
+        return [
+            indices[start : start + self.batch_size]
+            for indices in by_size.values()
+            for start in range(0, len(indices), self.batch_size)
+        ]
 
     @torch.no_grad()
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:
@@ -53,9 +66,9 @@ class FCOSWithTTA(nn.Module):
             x.pop("height", None)
             x.pop("width", None)
         boxes, scores, classes = [], [], []
-        for start in range(0, len(augmented), self.batch_size):
-            outputs = self.model(augmented[start : start + self.batch_size])
-            for output, transform in zip(outputs, transforms[start : start + self.batch_size]):
+        for batch in self._same_size_batches(augmented):
+            outputs = self.model([augmented[j] for j in batch])
+            for output, transform in zip(outputs, [transforms[j] for j in batch]):
                 instances = output["instances"]
                 back = transform.inverse().apply_box(instances.pred_boxes.tensor.cpu().numpy())
                 boxes.append(torch.as_tensor(back, dtype=torch.float32).reshape(-1, 4))

@@ -12,7 +12,7 @@ from fcos_d2.comparison.verdicts import (
 )
 
 
-def write_run(root, name, meta_architecture, schedule, seed, curve):
+def write_run(root, name, meta_architecture, schedule, seed, curve, budget_seconds=None):
     """A run directory as runner.train_and_evaluate leaves it."""
     run_dir = root / f"{name}__{schedule}__seed{seed}"
     points = []
@@ -38,6 +38,7 @@ def write_run(root, name, meta_architecture, schedule, seed, curve):
         "meta_architecture": meta_architecture,
         "schedule": schedule,
         "seed": seed,
+        "budget_seconds": budget_seconds,
         "max_iter": curve[-1][0],
         "train_seconds": curve[-1][1],
         "train_s_per_iter": 0.1,
@@ -60,7 +61,7 @@ def test_report_end_to_end_from_saved_runs(tmp_path):
         write_run(
             runs, "fcos", "FCOS", "iterations", seed, [(10, 20.0, truth[::2]), (20, 40.0, truth)]
         )
-        write_run(runs, "fcos", "FCOS", "time budget", seed, [(40, 80.0, truth)])
+        write_run(runs, "fcos", "FCOS", "time budget", seed, [(40, 80.0, truth)], 90.0)
         write_run(
             runs, "mask", "GeneralizedRCNN", "iterations", seed, [(10, 60.0, []), (20, 90.0, truth)]
         )
@@ -77,6 +78,34 @@ def test_report_end_to_end_from_saved_runs(tmp_path):
     assert "## hand (40 images, 60 boxes)" in text and "**supported**" in text
     for plot in ("ap_vs_time.png", "recall_by_overlap.png", "recall_vs_iou.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
+
+
+def test_equal_time_pairs_the_baseline_budget_run_or_the_schedule_the_budget_came_from(tmp_path):
+    """FCOS's budget is 90 s. An R-CNN whose schedule took 90 s set that budget and is met
+    at its schedule; one whose schedule took 60 s is met only by its own budget runs, and
+    with none it gets no equal-time verdicts."""
+    from fcos_d2.comparison.report import DatasetResults, group_series, load_runs, pairings
+
+    dataset = crowded_case()
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+    truth = [detection(a["image_id"], a["bbox"], 0.9) for a in dataset["annotations"]]
+
+    def equal_time_pairs(rcnn_schedule_seconds, rcnn_budget_run):
+        runs = tmp_path / f"runs_{rcnn_schedule_seconds}_{rcnn_budget_run}"
+        write_run(runs, "fcos", "FCOS", "iterations", 0, [(20, 40.0, truth)])
+        write_run(runs, "fcos", "FCOS", "time budget", 0, [(45, 90.0, truth)], 90.0)
+        schedule = [(20, rcnn_schedule_seconds, truth)]
+        write_run(runs, "rcnn", "GeneralizedRCNN", "iterations", 0, schedule)
+        if rcnn_budget_run:
+            write_run(runs, "rcnn", "GeneralizedRCNN", "time budget", 0, [(30, 90.0, truth)], 90.0)
+        results = DatasetResults("hand", group_series(load_runs(str(runs))), 5, seed=0)
+        pairs = [(f.label, b.label) for budget, f, b in pairings(results) if budget == "equal time"]
+        assert all(f == "fcos (time budget)" for f, _ in pairs)
+        return [b for _, b in pairs]
+
+    assert equal_time_pairs(90.0, rcnn_budget_run=False) == ["rcnn (iterations)"]
+    assert equal_time_pairs(60.0, rcnn_budget_run=False) == []
+    assert equal_time_pairs(60.0, rcnn_budget_run=True) == ["rcnn (time budget)"]
 
 
 def test_variants_are_reported_against_the_judged_model_of_their_kind(tmp_path):
@@ -120,3 +149,56 @@ def test_to_settle_text_says_why_an_inconclusive_verdict_is_open(difference, fac
     record = {"verdict": INCONCLUSIVE, "difference": difference, "data_to_settle": factor}
     assert _settle_text(record).startswith(expected)
     assert _settle_text({**record, "verdict": SUPPORTED}) == ""
+
+
+def test_proposals_table_gives_mean_and_seed_spread_and_a_dash_for_absent_sizes():
+    """AR over seeds as "mean ±sd" (sd with ddof 1), one decimal even when round, and "–"
+    where COCO's AR is NaN (no ground-truth box of that size); R-CNNs without proposals and
+    FCOS runs are left out."""
+    from types import SimpleNamespace
+
+    from fcos_d2.comparison.report import PROPOSAL_COLUMNS, proposals_table
+
+    def proposals(ar):
+        return {"hand": {**{key: ar for key in PROPOSAL_COLUMNS}, "ARl@1000": float("nan")}}
+
+    rcnn = SimpleNamespace(
+        label="rcnn (iterations)",
+        runs=[
+            {"proposal_generator": "FCOS", "proposals": proposals(50.0)},
+            {"proposal_generator": "FCOS", "proposals": proposals(60.0)},
+        ],
+    )
+    fcos = SimpleNamespace(label="fcos (iterations)", runs=[{}])
+    text = proposals_table(SimpleNamespace(dataset="hand", series=[fcos, rcnn]))
+
+    lines = text.splitlines()
+    assert len(lines) == 3 and "fcos (iterations)" not in text
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert cells == ["rcnn (iterations)", "FCOS", "2", *["55.0 ±7.1"] * 4, "–"]
+    single = SimpleNamespace(label="one", runs=[rcnn.runs[0]])
+    assert "| 50.0 " in proposals_table(SimpleNamespace(dataset="hand", series=[single]))
+
+
+@pytest.mark.parametrize("train_seconds, flagged", [(100.0, True), (94.0, False), (80.0, False)])
+def test_a_budget_run_that_overran_its_budget_is_flagged(train_seconds, flagged):
+    """A 90-s budget allows 5% more (94.5 s); 100 s is flagged with its overrun, +11%."""
+    from types import SimpleNamespace
+
+    from fcos_d2.comparison.report import _overrun_notes
+
+    run = {
+        "seed": 0,
+        "budget_seconds": 90.0,
+        "train_seconds": train_seconds,
+        "max_iter": 300,
+        "train_s_per_iter": train_seconds / 300,
+        "calibrated_s_per_iter": 0.3,
+    }
+    series = SimpleNamespace(label="fcos (time budget)", runs=[run])
+    schedule_run = {**run, "budget_seconds": None}
+    other = SimpleNamespace(label="fcos (iterations)", runs=[schedule_run])
+    notes = _overrun_notes(SimpleNamespace(series=[other, series]))
+    assert bool(notes) == flagged
+    if flagged:
+        assert "fcos (time budget), seed 0: trained 1.7 min for a 1.5-min budget (+11%" in notes[2]

@@ -102,3 +102,52 @@ def test_the_classes_of_the_ground_truth_are_left_alone():
     with EventStorage():
         model(inputs)
     assert all(torch.equal(x["instances"].gt_classes, b) for x, b in zip(inputs, before))
+
+
+def proposals_of(model, images, gt_instances=None):
+    with torch.no_grad():
+        return model.proposal_generator(images, model.backbone(images.tensor), gt_instances)[0]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_the_rpn_post_nms_topk_of_the_phase_caps_the_proposals(training):
+    """POST_NMS_TOPK_TEST / _TRAIN bind: 5 (test) or 7 (train) of the many candidates of a
+    random model, as Detectron2's RPN; training proposals carry no gradient."""
+    opts = [*SMALL, "MODEL.RPN.POST_NMS_TOPK_TEST", "5", "MODEL.RPN.POST_NMS_TOPK_TRAIN", "7"]
+    model = build_model(load_config(CONFIG, opts)).train(training)
+    images = ImageList(torch.rand(2, 3, 64, 96) * 255, [(64, 96), (64, 96)])
+    gt = [make_instances((64, 96), [[4, 6, 30, 40]], [1]) for _ in range(2)] if training else None
+    with EventStorage():
+        proposals = proposals_of(model, images, gt)
+    assert [len(p) for p in proposals] == ([7, 7] if training else [5, 5])
+    assert not any(p.proposal_boxes.tensor.requires_grad for p in proposals)
+
+
+def test_objectness_logits_are_the_logits_of_the_fcos_scores():
+    """sigmoid(objectness_logit) of every proposal is one location's
+    sqrt(sigmoid(class logit) * sigmoid(centerness logit)), computed here from the head."""
+    model = build_model(load_config(CONFIG, SMALL)).eval()
+    images = ImageList(torch.rand(1, 3, 64, 96) * 255, [(64, 96)])
+    with torch.no_grad():
+        features = model.backbone(images.tensor)
+        cls, _, ctr = model.proposal_generator.head(
+            [features[f] for f in model.proposal_generator.in_features]
+        )
+        proposals = model.proposal_generator(images, features)[0][0]
+    location_scores = torch.cat(
+        [(c.sigmoid() * t.sigmoid()).sqrt().flatten() for c, t in zip(cls, ctr)]
+    )  # (R,)
+    scores = proposals.objectness_logits.sigmoid()  # (P,)
+    assert len(scores) > 0
+    nearest = (scores[:, None] - location_scores[None, :]).abs().min(dim=1).values
+    assert nearest.max() < 1e-5
+
+
+def test_an_image_without_proposals_at_test_time_gives_empty_instances():
+    """Every candidate is off the image (image size 0 x 0 inside the padded tensor): each
+    box clips to nothing and is dropped, leaving empty proposals with both fields."""
+    model = build_model(load_config(CONFIG, SMALL)).eval()
+    images = ImageList(torch.rand(1, 3, 64, 96) * 255, [(0, 0)])
+    proposals = proposals_of(model, images)
+    assert len(proposals[0]) == 0
+    assert set(proposals[0].get_fields()) == {"proposal_boxes", "objectness_logits"}

@@ -1,5 +1,5 @@
-"""Test-time augmentation for FCOS: the one-scale case is the plain model, flips map back
-exactly, empty results merge, and train_net evaluates with TEST.AUG."""
+"""Test-time augmentation for FCOS: the one-scale case is the plain model, flips and scales
+map back exactly, empty results merge, and batches hold one image size."""
 
 import torch
 from conftest import QUICK_CONFIG, load_config
@@ -39,8 +39,10 @@ class FixedBoxModel(nn.Module):
         super().__init__()
         self.empty = empty
         self.sizes = []
+        self.batches = []  # the image sizes of each forward call
 
     def forward(self, inputs):
+        self.batches.append([tuple(x["image"].shape[-2:]) for x in inputs])
         results = []
         for x in inputs:
             size = tuple(x["image"].shape[-2:])
@@ -87,3 +89,18 @@ def test_empty_results_merge_cleanly():
     )[0]["instances"]
     assert len(result) == 0 and result.image_size == (48, 60)
     assert result.pred_boxes.tensor.shape == (0, 4)
+
+
+def test_each_forward_holds_images_of_one_size():
+    """Two scales with flips: the 64-pixel pair and the 128-pixel pair go through the model
+    as separate batches, so no image is padded to another's size (a GroupNorm head's
+    statistics would see the padding)."""
+    cfg = load_config(
+        QUICK_CONFIG,
+        ["TEST.AUG.MIN_SIZES", "(64, 128)", "TEST.AUG.MAX_SIZE", "1000", "TEST.AUG.FLIP", "True"],
+    )
+    model = FixedBoxModel()
+    FCOSWithTTA(cfg, model, batch_size=3)(
+        [{"image": torch.zeros(3, 64, 80, dtype=torch.uint8), "height": 64, "width": 80}]
+    )
+    assert sorted(model.batches) == [[(64, 80), (64, 80)], [(128, 160), (128, 160)]]
