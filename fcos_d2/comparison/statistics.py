@@ -140,11 +140,24 @@ def time_to_reach(points: Sequence[Tuple[float, float]], target: float) -> float
     return math.inf
 
 
-def time_to_reach_replicates(series: Series, target: float) -> np.ndarray:
-    """(B,) bootstrap replicates of the mean (over drawn seeds) time to reach ``target``."""
+def common_target(series: Sequence[Series], fraction: float) -> np.ndarray:
+    """(1 + B,) the common AP every run must reach: ``fraction`` of the lowest final AP of
+    any run of ``series``, on the whole set first, then on each bootstrap replicate.
+
+    The target is recomputed on every replicate, as the bootstrap asks of any statistic
+    that depends on the data: a run's final AP on a replicate is then never below that
+    replicate's target, so every run reaches it and no replicate's time is infinite.
+    """
+    finals = np.stack([ap[-1] for s in series for _, ap in s.curve_ap])  # (runs, 1 + B)
+    return fraction * finals.min(axis=0)
+
+
+def time_to_reach_replicates(series: Series, targets: np.ndarray) -> np.ndarray:
+    """(B,) bootstrap replicates of the mean (over drawn seeds) time to reach each
+    replicate's target; ``targets`` is (B,)."""
     per_seed = np.array(
         [
-            [time_to_reach(zip(seconds, ap[:, b]), target) for b in range(1, ap.shape[1])]
+            [time_to_reach(zip(seconds, ap[:, b + 1]), t) for b, t in enumerate(targets)]
             for seconds, ap in series.curve_ap
         ]
     )  # (S, B)

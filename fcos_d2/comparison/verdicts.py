@@ -14,7 +14,8 @@ The claims and what each is judged on:
 1. Training takes less time: the time each model needs to reach a common box AP
    (``TIME_TARGET_FRACTION`` of the lowest final AP of any run, seed by seed, of the two
    models: one weak seed must still reach it, or its time is infinite and so is every
-   mean it enters), as the fraction of the baseline's time FCOS saves; margin 5%.
+   mean it enters; recomputed on each bootstrap replicate, so no replicate's time is
+   infinite), as the fraction of the baseline's time FCOS saves; margin 5%.
    Seconds per iteration are shown as evidence.
 2. Higher recall: recall at IoU 0.5 with 100 detections per image, FCOS minus baseline;
    margin 1 point. IoU 0.5 is what "finds the object" means (the question the claim
@@ -37,6 +38,7 @@ from .statistics import (
     ALL,
     Estimate,
     Series,
+    common_target,
     difference_estimate,
     drop_difference_estimate,
     drop_estimate,
@@ -127,7 +129,8 @@ def _judge(claim: str, difference: Estimate, margin: float, evidence: str) -> Ve
 
 
 def judge_training_time(fcos: Series, baseline: Series) -> Verdict:
-    target = TIME_TARGET_FRACTION * min(*fcos.per_seed[ALL]["AP"], *baseline.per_seed[ALL]["AP"])
+    targets = common_target((fcos, baseline), TIME_TARGET_FRACTION)  # (1 + B,)
+    target = float(targets[0])
     if target <= 0:
         return Verdict(
             CLAIMS[0],
@@ -138,8 +141,8 @@ def judge_training_time(fcos: Series, baseline: Series) -> Verdict:
         )
     fcos_seconds = point_time_to_reach(fcos, target)
     baseline_seconds = point_time_to_reach(baseline, target)
-    fcos_replicates = time_to_reach_replicates(fcos, target)
-    baseline_replicates = time_to_reach_replicates(baseline, target)
+    fcos_replicates = time_to_reach_replicates(fcos, targets[1:])
+    baseline_replicates = time_to_reach_replicates(baseline, targets[1:])
     with np.errstate(divide="ignore", invalid="ignore"):  # inf / inf: neither reached it
         saving = 1.0 - fcos_replicates / baseline_replicates
         point = float(1.0 - np.float64(fcos_seconds) / baseline_seconds)

@@ -50,3 +50,23 @@ def test_pool_seeds_averages_the_drawn_seeds():
     values = np.array([[1.0, 2.0, 3.0], [10.0, 20.0, 30.0]])  # (S=2, B=3)
     draws = np.array([[0, 0], [0, 1], [1, 1]])
     assert statistics.pool_seeds(values, draws).tolist() == [1.0, 11.0, 30.0]
+
+
+def test_common_target_is_recomputed_on_each_replicate_so_every_run_reaches_it():
+    """Two runs, whole set then two replicates. On replicate 2 run b ends at 30 AP, below
+    the whole-set target (0.9 * 40 = 36): a fixed target would give it an infinite time."""
+    seconds = np.array([10.0, 20.0])
+    a = statistics.Series("a", "FCOS", "iterations", runs=[])
+    b = statistics.Series("b", "GeneralizedRCNN", "iterations", runs=[])
+    a.curve_ap = [(seconds, np.array([[50.0, 50.0, 50.0], [60.0, 60.0, 60.0]]))]  # (C, 1 + B)
+    b.curve_ap = [(seconds, np.array([[20.0, 20.0, 10.0], [40.0, 50.0, 30.0]]))]
+    a.seed_draws = b.seed_draws = np.zeros((2, 1), dtype=int)  # (B, S)
+
+    targets = statistics.common_target((a, b), 0.9)
+    assert targets.tolist() == pytest.approx([36.0, 45.0, 27.0])
+    assert statistics.point_time_to_reach(b, targets[0]) == pytest.approx(18.0)
+    # Replicate 1: 45 reached at 10 + 10 * (45 - 20) / 30; replicate 2: 27 at 10 + 10 * 17 / 20.
+    assert statistics.time_to_reach_replicates(b, targets[1:]).tolist() == pytest.approx(
+        [10 + 250 / 30, 18.5]
+    )
+    assert statistics.time_to_reach_replicates(a, targets[1:]).tolist() == pytest.approx([9.0, 5.4])
