@@ -14,6 +14,12 @@ class); the proposal counts and NMS read the RPN keys where they mean the same t
 ``MODEL.RPN.PRE_NMS_TOPK_TRAIN/TEST`` (candidates per pyramid level, as the RPN's per-level
 top-k with FPN), ``MODEL.RPN.POST_NMS_TOPK_TRAIN/TEST`` (proposals per image) and
 ``MODEL.RPN.NMS_THRESH``. No score threshold: the top-k decides, as for the RPN.
+Two differences from the RPN: NMS runs once over the candidates of all levels together (the
+RPN runs it per level, then keeps the best of all levels), as FCOS's own inference does;
+and the other RPN keys (``IN_FEATURES``, ``HEAD_NAME``, the anchor matching, sampling and
+box-regression keys, ``LOSS_WEIGHT``) and ``MODEL.FCOS``'s test-time keys
+(``SCORE_THRESH_TEST``, ``TOPK_CANDIDATES_TEST``, ``NMS_THRESH_TEST``,
+``DETECTIONS_PER_IMAGE``) are not read: FCOS reads its levels from ``MODEL.FCOS.IN_FEATURES``.
 
 Naming: N images, R locations (R_l on level l), P proposals.
 """

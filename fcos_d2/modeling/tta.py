@@ -9,7 +9,9 @@ DETECTIONS_PER_IMAGE).
 
 Merging is by NMS, not by the box voting the official FCOS code offers: NMS keeps
 every kept box an actual prediction with its own score, is what Detectron2's R-CNN TTA
-does, and leaves the one-scale, no-flip case exactly the plain model.
+does, and leaves the one-scale, no-flip case the plain model (bit for bit at the image's
+own size; rescaled boxes round differently in the last bits, as the inverse resize is
+computed in float64 and Detectron2's ``detector_postprocess`` in float32).
 """
 
 from typing import Dict, List
