@@ -8,6 +8,8 @@
         --datasets shapes_val shapes_crowd_val --budget-minutes 30 --output output/compare
     python tools/compare.py --full --fcos-proposals   # + Mask R-CNN with FCOS proposals
     python tools/compare.py --report-only --output output/compare_full
+    python tools/compare.py --report-only --archive results/compare_full \
+        --output output/compare_full     # the committed report, rebuilt on a fresh clone
 
 Each training run happens in its own process (its own peak memory) and leaves a run
 directory with run.json and its COCO predictions at every evaluation; a run directory
@@ -29,7 +31,7 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog
 
-from fcos_d2.comparison import runner
+from fcos_d2.comparison import archive, runner
 from fcos_d2.comparison.report import write_report
 from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
 
@@ -117,6 +119,13 @@ def argument_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="before each training run, wait while PATH exists (to run other work "
         "between timed runs without disturbing them)",
+    )
+    parser.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="keep a compact copy of every finished run in DIR (small enough to commit) and, "
+        "first, restore the runs DIR holds that --output lacks: a fresh clone rebuilds the "
+        "report or resumes the comparison from it",
     )
     add_register_coco_argument(parser)
     parser.add_argument("--output", help="default output/compare (--full: output/compare_full)")
@@ -215,7 +224,12 @@ def plan_and_run(args, configs: List[str]) -> None:
         if not os.path.isfile(os.path.join(run_dir, runner.RUN_FILE)):
             wait_while_held(args.hold_file)
         measured = measured_seconds_per_iter(config, seed) if budget_seconds else None
-        return run_in_subprocess(args, config, run_dir, seed, budget_seconds, measured)
+        result = run_in_subprocess(args, config, run_dir, seed, budget_seconds, measured)
+        archived = args.archive and os.path.join(args.archive, os.path.basename(run_dir))
+        if archived and not os.path.isfile(os.path.join(archived, runner.RUN_FILE)):
+            archive.pack_run(run_dir, archived)
+            print(f"Archived: {run_dir} -> {archived}", flush=True)
+        return result
 
     def measured_seconds_per_iter(config: str, seed: int) -> Optional[float]:
         """The model's time per iteration in its schedule run at this seed, if it has one."""
@@ -287,6 +301,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.budget_from and args.budget_from not in configs:
         raise SystemExit(f"--budget-from {args.budget_from} is not one of the --config-file models")
 
+    if args.archive and os.path.isdir(args.archive):
+        restored = archive.unpack_runs(args.archive, os.path.join(args.output, "runs"))
+        print(f"Restored from {args.archive}: {', '.join(restored) or 'nothing new'}", flush=True)
     if not args.report_only:
         if len(configs) < 2:
             raise SystemExit("compare.py needs two or more --config-file (or --quick / --full)")
@@ -294,6 +311,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not os.path.isfile(config):
                 raise SystemExit(f"--config-file {config}: no such file")
         plan_and_run(args, configs)
+    if args.archive:  # runs trained before --archive was given, too
+        archive.pack_runs(os.path.join(args.output, "runs"), args.archive, only_new=True)
 
     summary = write_report(
         os.path.join(args.output, "runs"),

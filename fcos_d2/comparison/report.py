@@ -18,7 +18,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from . import analysis, bootstrap  # noqa: E402
@@ -97,11 +97,23 @@ def _predictions(run: dict, point: dict, dataset: str, boxes_only: bool = True) 
 
 
 def _ground_truth_file(runs: List[dict], dataset: str) -> str:
+    """The annotation file the runs were evaluated against; a registered dataset whose file
+    is not there yet (runs restored on a fresh clone) is loaded once, which generates the
+    built-in ones."""
+    path = None
     for run in runs:
         path = run.get("ground_truth", {}).get(dataset)
-        if path:
+        if path and os.path.isfile(path):
             return path
-    return MetadataCatalog.get(dataset).json_file
+    if dataset in DatasetCatalog.list():
+        registered = MetadataCatalog.get(dataset).json_file
+        if not os.path.isfile(registered):
+            DatasetCatalog.get(dataset)
+        return registered
+    raise FileNotFoundError(
+        f"{dataset}: the runs' annotation file {path!r} is missing and no dataset of that name "
+        "is registered (give --register-coco NAME JSON IMAGES)"
+    )
 
 
 class DatasetResults:
