@@ -17,6 +17,7 @@ shape by shape.
 import re
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor
 
 # A rule renames the keys that match ``pattern`` (a full match) with ``repl``
@@ -241,6 +242,27 @@ def convert_torchvision_fcos(
     return converted
 
 
+_DEFORMABLE_BIAS = re.compile(r"head\.(cls|box|share)_tower\.\d+\.conv\.bias")
+
+
+def _zero_deformable_biases(
+    converted: Mapping[str, Tensor], model_state: Mapping[str, Tensor]
+) -> Dict[str, Tensor]:
+    """Zero biases for deformable convs that a checkpoint saved without one.
+
+    AdelaiDet's FCOS head builds its ``DFConv2d`` with a bias; the official FCOS
+    (maskrcnn-benchmark) builds it without. A zero bias computes the same function, so
+    such a checkpoint still loads strictly into our DCNv2 head.
+    """
+    return {
+        name: torch.zeros_like(value)
+        for name, value in model_state.items()
+        if _DEFORMABLE_BIAS.fullmatch(name)
+        and name not in converted
+        and name.replace(".bias", ".weight") in converted
+    }
+
+
 def convert_adelaidet_fcos(
     state_dict: Mapping[str, Tensor],
     model_state: Optional[Mapping[str, Tensor]] = None,
@@ -269,5 +291,6 @@ def convert_adelaidet_fcos(
         if name.startswith("head.scales.") and value.numel() == 1:
             converted[name] = value.reshape(())  # (1,) -> ()
     if model_state is not None:
+        converted.update(_zero_deformable_biases(converted, model_state))
         check_keys(converted, model_state, origin)
     return converted

@@ -201,6 +201,24 @@ def test_deformable_head_checkpoint_loads_into_a_dcnv2_model():
         torch.testing.assert_close(ours.conv.bias, source[f"{HEAD}.{theirs}.conv.bias"])
 
 
+def test_deformable_conv_saved_without_bias_gets_a_zero_bias():
+    """The official FCOS builds its deformable conv without a bias: the checkpoint still
+    loads strictly, with a zero bias (the same function); a plain conv's bias stays required."""
+    model = build_model(load_config(CONFIG, ["MODEL.FCOS.USE_DEFORMABLE", "True"]))
+    source = adelaidet_checkpoint(model.state_dict(), deformable=True)
+    del source[f"{HEAD}.cls_tower.9.conv.bias"], source[f"{HEAD}.bbox_tower.9.conv.bias"]
+    converted = convert_adelaidet_fcos(source, model.state_dict())
+    model.load_state_dict(converted, strict=True)
+    assert torch.count_nonzero(model.head.cls_tower[9].conv.bias) == 0
+    assert torch.count_nonzero(model.head.box_tower[9].conv.bias) == 0
+    torch.testing.assert_close(
+        model.head.cls_tower[9].conv.weight, source[f"{HEAD}.cls_tower.9.conv.weight"]
+    )
+    del source[f"{HEAD}.cls_tower.6.bias"]
+    with pytest.raises(ValueError, match=r"missing keys \(1\): head\.cls_tower\.6\.bias"):
+        convert_adelaidet_fcos(source, model.state_dict())
+
+
 def test_per_level_batch_norm_head_checkpoint_loads_into_a_bn_model():
     """AdelaiDet's BN heads (ModuleListDial: one BN per level) and ours with NORM BN."""
     model = build_model(load_config(CONFIG, ["MODEL.FCOS.NORM", "BN"]))
