@@ -447,12 +447,14 @@ def plot_overlap(all_results: List[DatasetResults], path: str) -> None:
         ax.set_xticks(np.arange(len(groups)) + width * (len(results.series) - 1) / 2)
         ax.set_xticklabels([f"{g}\n({results.group_sizes[g]} boxes)" for g in groups], fontsize=8)
         ax.set_ylabel("recall at IoU 0.5 (95% interval)")
-        ax.set_ylim(0, 130)
-        ax.set_yticks(range(0, 101, 20))
+        ax.set_ylim(0, 105)
         ax.set_title(f"{results.dataset}: recall by overlap")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", ncol=2)
-    fig.tight_layout()
+    # One legend below both panels: inside a panel it covers the bars and runs off its edge.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    rows = -(-len(labels) // 2)  # two columns
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=2, frameon=False)
+    fig.tight_layout(rect=(0, 0.045 * (rows + 1), 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

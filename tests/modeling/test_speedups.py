@@ -108,10 +108,21 @@ def assert_same_training_step(plain, fast, dtype, loss_tol, grad_tol):
 
 
 def test_channels_last_training_losses_and_gradients_are_the_same_in_float32():
+    """Losses agree to float32 rounding. Gradients are compared by their relative norm
+    error: float32 rounding compounds backwards through ~50 random-initialised convs, and how
+    much depends on the kernels oneDNN picks for the CPU (on one AMD EPYC, up to 1.8% in res3
+    and res4; elsewhere under 0.1%). The float64 test below pins the function to 1e-9; a
+    wrong gradient (a transposed layout, a missing term) is off by its own size."""
     plain, fast = randomized_pair(SPEEDUPS["channels-last"])
-    assert_same_training_step(
-        plain, fast, torch.float32, dict(atol=1e-5, rtol=1e-4), dict(atol=1e-4, rtol=1e-3)
+    (losses_a, grads_a), (losses_b, grads_b) = (
+        training_losses_and_gradients(model, torch.float32) for model in (plain, fast)
     )
+    for name in losses_a:
+        torch.testing.assert_close(losses_b[name], losses_a[name], atol=1e-5, rtol=1e-4)
+    assert grads_a.keys() == grads_b.keys()
+    for name, grad in grads_a.items():
+        error = (grads_b[name] - grad).norm()
+        assert error <= 0.05 * grad.norm() + 1e-6, (name, error.item(), grad.norm().item())
 
 
 @pytest.mark.parametrize("name", list(SPEEDUPS))
