@@ -242,7 +242,7 @@ def convert_torchvision_fcos(
     return converted
 
 
-_DEFORMABLE_BIAS = re.compile(r"head\.(cls|box|share)_tower\.\d+\.conv\.bias")
+_DEFORMABLE_BIAS = re.compile(r"head\.(cls|box)_tower\.\d+\.conv\.bias")
 
 
 def _zero_deformable_biases(

@@ -36,17 +36,16 @@ def predictions_to_arrays(predictions: List[dict], source: str) -> Dict[str, np.
                 f"{source}: a prediction with keys {sorted(prediction)}; the archive keeps "
                 f"{sorted(_BOX_KEYS)} and optionally {_MASK_KEY!r}"
             )
+    boxes = np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)
+    scores = np.array([p["score"] for p in predictions], dtype=np.float64)
     arrays = {
         "image_id": np.array([p["image_id"] for p in predictions], dtype=np.int64),
         "category_id": np.array([p["category_id"] for p in predictions], dtype=np.int64),
-        "bbox": np.array([p["bbox"] for p in predictions], dtype=np.float32).reshape(-1, 4),
-        "score": np.array([p["score"] for p in predictions], dtype=np.float32),
+        "bbox": boxes.astype(np.float32),
+        "score": scores.astype(np.float32),
     }
     # float32 holds the model's outputs exactly; anything else would be rounded.
-    exact = np.array([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)
-    if not np.array_equal(arrays["bbox"].astype(np.float64), exact) or not np.array_equal(
-        arrays["score"].astype(np.float64), np.array([p["score"] for p in predictions])
-    ):
+    if not np.array_equal(arrays["bbox"], boxes) or not np.array_equal(arrays["score"], scores):
         raise ValueError(f"{source}: boxes or scores are not float32 values; archiving would round")
     with_masks = [_MASK_KEY in p for p in predictions]
     if any(with_masks):
