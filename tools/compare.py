@@ -31,8 +31,9 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog
 
-from fcos_d2.comparison import archive, runner
+from fcos_d2.comparison import archive, runner, timing
 from fcos_d2.comparison.report import write_report
+from fcos_d2.config import setup_cfg
 from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -45,6 +46,11 @@ TRAIN_DATASETS = '("shapes_train", "shapes_crowd_train")'
 VAL_DATASETS = ["shapes_val", "shapes_crowd_val"]
 # --quick: a fifth of the shapes schedule, one seed, no time-budget runs. The warm-up keeps
 # its 150 iterations: Mask R-CNN from scratch diverged (NaN at iteration 40) after 30.
+# The clock: two rounds of 30 timed iterations per model after 10 untimed; --quick: one of 15.
+TIMING = {
+    False: {"rounds": 2, "warmup": timing.WARMUP_ITERATIONS, "timed": timing.TIMED_ITERATIONS},
+    True: {"rounds": 1, "warmup": 5, "timed": 15},
+}
 QUICK_OPTS = ["SOLVER.MAX_ITER", "300", "SOLVER.STEPS", "(225, 276)", "SOLVER.WARMUP_ITERS", "150"]
 
 
@@ -136,6 +142,7 @@ def argument_parser() -> argparse.ArgumentParser:
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--seconds-per-iter", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--budget-model", help=argparse.SUPPRESS)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs for every model"
     )
@@ -154,13 +161,18 @@ def run_in_subprocess(
     seed: int,
     budget_seconds: Optional[float],
     seconds_per_iter: Optional[float] = None,
+    budget_model: Optional[str] = None,
 ) -> dict:
-    """Train and evaluate one model in its own process, unless its run.json exists."""
+    """Train and evaluate one model in its own process, unless its run.json exists.
+
+    ``budget_model``: the model whose schedule set ``budget_seconds`` (recorded); without
+    it the budget is a fixed one (--budget-minutes), which a kept run must share."""
     run_file = os.path.join(run_dir, runner.RUN_FILE)
     if os.path.isfile(run_file):
         with open(run_file) as f:
             kept_budget = json.load(f).get("budget_seconds")
-        if budget_seconds and kept_budget and not math.isclose(kept_budget, budget_seconds):
+        fixed_budget = budget_seconds and not budget_model
+        if fixed_budget and kept_budget and not math.isclose(kept_budget, budget_seconds):
             raise SystemExit(
                 f"{run_file} was trained for a {kept_budget / 60:.1f}-min budget, this "
                 f"comparison asks for {budget_seconds / 60:.1f} min: one budget per --output "
@@ -181,6 +193,7 @@ def run_in_subprocess(
             str(seed),
             str(budget_seconds or 0),
             *(["--seconds-per-iter", str(seconds_per_iter)] if seconds_per_iter else []),
+            *(["--budget-model", budget_model] if budget_model else []),
             "--datasets",
             *args.datasets,
             "--evaluations",
@@ -209,50 +222,98 @@ def wait_while_held(hold_file: Optional[str]) -> None:
         time.sleep(5)
 
 
+def training_opts(args) -> List[str]:
+    """KEY VALUE pairs every model trains with."""
+    return ["DATASETS.TRAIN", args.train_datasets, *args.opts]
+
+
+def timing_file(args) -> str:
+    return os.path.join(args.output, timing.TIMING_FILE)
+
+
+def read_clock(path: str) -> Optional[dict]:
+    """The timing at ``path`` (None if absent); a broken file stops with its name."""
+    try:
+        return timing.read_timing(path)
+    except ValueError as error:
+        raise SystemExit(f"{error}; delete it to time the models again") from None
+
+
+def ensure_timing(args, configs: List[str]) -> dict:
+    """The comparison's clock (see ``fcos_d2.comparison.timing``): kept if it times every
+    model, otherwise every model is timed again, back-to-back, and it is written to
+    --output and --archive."""
+    path = timing_file(args)
+    clock = read_clock(path)
+    names = [timing.model_name(c) for c in configs]
+    missing = [n for n in names if timing.seconds_per_iteration(clock, n) is None]
+    if not missing:
+        return clock
+    if clock is not None:
+        print(f"{path} does not time {', '.join(missing)}: timing every model again", flush=True)
+    wait_while_held(args.hold_file)
+    print(f"Timing training iterations of {', '.join(names)} back-to-back", flush=True)
+    clock = timing.measure_training_speed(
+        configs, training_opts(args), os.path.join(args.output, "timing"), **TIMING[args.quick]
+    )
+    timing.write_timing(clock, path)
+    if args.archive:
+        timing.write_timing(clock, os.path.join(args.archive, timing.TIMING_FILE))
+    return clock
+
+
+def schedule_iterations(args, config: str) -> int:
+    """SOLVER.MAX_ITER of ``config`` with the comparison's KEY VALUE pairs."""
+    return setup_cfg(config, training_opts(args)).SOLVER.MAX_ITER
+
+
 def plan_and_run(args, configs: List[str]) -> None:
-    """Train every model at its schedule and, with a budget, the others for that long.
+    """Time every model, train each at its schedule and, with a budget, the others for that
+    long on the comparison's clock.
 
     The judged pair (the first two models) goes first, seed by seed, schedule and budget
     runs together, so that an interrupted comparison has the runs that matter most. The
     other models follow: their schedule runs for every seed, then their budget runs.
+    A budget from a model (--budget-from) is its schedule's iterations at its timed speed;
+    the models trained for it get the iterations that fit at their own timed speeds.
     """
+    clock = ensure_timing(args, configs)
     budget_from = args.budget_from
     judged, others = configs[:2], configs[2:]
+    budget_model = timing.model_name(budget_from) if budget_from else None
+    if budget_from:
+        budget = (
+            schedule_iterations(args, budget_from) * clock["seconds_per_iteration"][budget_model]
+        )
+    else:
+        budget = 60 * args.budget_minutes if args.budget_minutes else None
 
     def run(config: str, seed: int, budget_seconds: Optional[float] = None) -> dict:
         run_dir = run_directory(args.output, config, seed, budget_seconds is not None)
         if not os.path.isfile(os.path.join(run_dir, runner.RUN_FILE)):
             wait_while_held(args.hold_file)
-        measured = measured_seconds_per_iter(config, seed) if budget_seconds else None
-        result = run_in_subprocess(args, config, run_dir, seed, budget_seconds, measured)
+        pace = timing.seconds_per_iteration(clock, timing.model_name(config))
+        result = run_in_subprocess(
+            args,
+            config,
+            run_dir,
+            seed,
+            budget_seconds,
+            pace if budget_seconds else None,
+            budget_model if budget_seconds else None,
+        )
         archived = args.archive and os.path.join(args.archive, os.path.basename(run_dir))
         if archived and not os.path.isfile(os.path.join(archived, runner.RUN_FILE)):
             archive.pack_run(run_dir, archived)
             print(f"Archived: {run_dir} -> {archived}", flush=True)
         return result
 
-    def measured_seconds_per_iter(config: str, seed: int) -> Optional[float]:
-        """The model's time per iteration in its schedule run at this seed, if it has one."""
-        run_file = os.path.join(run_directory(args.output, config, seed, False), runner.RUN_FILE)
-        if not os.path.isfile(run_file):
-            return None
-        with open(run_file) as f:
-            schedule_run = json.load(f)
-        return schedule_run["train_seconds"] / schedule_run["max_iter"]
-
-    def budget_for(seed: int) -> Optional[float]:
-        if budget_from:  # its measured time at this seed (trained if not yet)
-            return run(budget_from, seed)["train_seconds"]
-        return 60 * args.budget_minutes if args.budget_minutes else None
-
     def budget_runs(group: List[str], seed: int) -> None:
-        budget = budget_for(seed)
         for config in group:
             if budget is not None and config != budget_from:  # its own schedule is the budget
                 run(config, seed, budget)
 
     for seed in range(args.seeds):
-        budget_for(seed)
         for config in judged:
             run(config, seed)
         budget_runs(judged, seed)
@@ -274,11 +335,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             config,
             run_dir,
             args.datasets,
-            ["DATASETS.TRAIN", args.train_datasets, *args.opts],
+            training_opts(args),
             seed=int(seed),
             num_evaluations=args.evaluations,
             budget_seconds=float(budget) or None,
             seconds_per_iteration=args.seconds_per_iter,
+            budget_from=args.budget_model,
         )
         return 0
 
@@ -304,6 +366,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.archive and os.path.isdir(args.archive):
         restored = archive.unpack_runs(args.archive, os.path.join(args.output, "runs"))
         print(f"Restored from {args.archive}: {', '.join(restored) or 'nothing new'}", flush=True)
+        archived_timing = os.path.join(args.archive, timing.TIMING_FILE)
+        if os.path.isfile(archived_timing) and not os.path.isfile(timing_file(args)):
+            timing.write_timing(read_clock(archived_timing), timing_file(args))
     if not args.report_only:
         if len(configs) < 2:
             raise SystemExit("compare.py needs two or more --config-file (or --quick / --full)")
@@ -319,6 +384,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.output,
         num_resamples=args.resamples,
         command=" ".join(sys.argv),
+        clock=read_clock(timing_file(args)),
     )
     for verdict in summary["verdicts"]:
         print(

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from . import analysis, bootstrap  # noqa: E402
+from . import analysis, bootstrap, timing  # noqa: E402
 from .runner import RUN_FILE  # noqa: E402
 from .statistics import (  # noqa: E402
     ALL,
@@ -119,7 +119,16 @@ def _ground_truth_file(runs: List[dict], dataset: str) -> str:
 class DatasetResults:
     """All series evaluated on one validation set."""
 
-    def __init__(self, dataset: str, series_runs: List[Series], num_resamples: int, seed: int):
+    def __init__(
+        self,
+        dataset: str,
+        series_runs: List[Series],
+        num_resamples: int,
+        seed: int,
+        clock: Optional[dict] = None,
+    ):
+        """``clock``: the comparison's timing (``timing.read_timing``); without one, or for a
+        model it does not time, learning curves use each run's own wall clock."""
         self.dataset = dataset
         with open(_ground_truth_file([r for s in series_runs for r in s.runs], dataset)) as f:
             self.ground_truth = json.load(f)
@@ -135,14 +144,21 @@ class DatasetResults:
         self.mask_ap: Dict[str, Estimate] = {}
         for index, template in enumerate(series_runs):
             series = Series(
-                template.name, template.meta_architecture, template.schedule, template.runs
+                template.name,
+                template.meta_architecture,
+                template.schedule,
+                template.runs,
+                clock_s_per_iter=timing.seconds_per_iteration(clock, template.name),
             )
             draws = bootstrap.seed_draws(len(series.runs), num_resamples, seed + 1 + index)
             evaluate_series(
                 series,
                 [_predictions(r, r["curve"][-1], dataset) for r in series.runs],
                 [
-                    [(p["train_seconds"], _predictions(r, p, dataset)) for p in r["curve"]]
+                    [
+                        (timing.clock_seconds(r, p, clock), _predictions(r, p, dataset))
+                        for p in r["curve"]
+                    ]
                     for r in series.runs
                 ],
                 coco,
@@ -206,15 +222,21 @@ def pairings(results: DatasetResults) -> List[Tuple[str, Series, Series]]:
 
 
 def _budget_came_from(budget_runs: Series, schedule_runs: Series) -> bool:
-    """Whether every budget run's budget is the training time of the schedule run of its
-    seed (the budget was measured on that model)."""
+    """Whether every budget run's budget is the training time of ``schedule_runs``' model:
+    recorded (``budget_from``) or, for runs from before it was, equal to the wall-clock
+    training time of the schedule run of its seed."""
     trained = {r["seed"]: r["train_seconds"] for r in schedule_runs.runs}
-    return all(
-        r["seed"] in trained
-        and r.get("budget_seconds") is not None
-        and math.isclose(r["budget_seconds"], trained[r["seed"]])
-        for r in budget_runs.runs
-    )
+
+    def came_from(run: dict) -> bool:
+        if run.get("budget_from"):
+            return run["budget_from"] == schedule_runs.name
+        return (
+            run["seed"] in trained
+            and run.get("budget_seconds") is not None
+            and math.isclose(run["budget_seconds"], trained[run["seed"]])
+        )
+
+    return all(came_from(r) for r in budget_runs.runs)
 
 
 def _run_column(series: Series, key: str, digits: int, scale: float = 1.0) -> str:
@@ -231,7 +253,9 @@ def metrics_table(results: DatasetResults) -> str:
         "seeds",
         "iterations",
         "train min",
-        "train s/iter",
+        "wall min",
+        "s/iter timed",
+        "s/iter in run",
         *(title for _, title in METRIC_COLUMNS),
         "mask AP",
         "infer s/img",
@@ -246,7 +270,9 @@ def metrics_table(results: DatasetResults) -> str:
                 s.label,
                 len(s.runs),
                 _run_column(s, "max_iter", 0),
+                _mean_and_spread([seconds / 60 for seconds in s.clock_train_seconds()]),
                 _run_column(s, "train_seconds", 1, 1 / 60),
+                "–" if s.clock_s_per_iter is None else f"{s.clock_s_per_iter:.3f}",
                 _run_column(s, "train_s_per_iter", 3),
                 *(metric_estimate(s, ALL, m).text() for m, _ in METRIC_COLUMNS),
                 results.mask_ap[s.label].text() if s.label in results.mask_ap else "–",
@@ -339,24 +365,71 @@ BUDGET_TOLERANCE = 0.05
 
 
 def _overrun_notes(results: DatasetResults) -> List[str]:
-    """A line for each time-budget run that trained longer than its budget allows: its
-    schedule was sized from a measured pace, and a slower machine stretches it."""
+    """A line for each time-budget run whose training time misses its budget by more than
+    ``BUDGET_TOLERANCE``: on the comparison's clock, against the clock time of the schedule
+    runs that set the budget; without a clock, its own wall clock against its budget."""
     notes = []
     for series in results.series:
-        for run in series.runs:
-            budget = run.get("budget_seconds")
-            if budget and run["train_seconds"] > (1 + BUDGET_TOLERANCE) * budget:
-                notes.append(
-                    f"- {series.label}, seed {run['seed']}: trained "
-                    f"{run['train_seconds'] / 60:.1f} min for a {budget / 60:.1f}-min budget "
-                    f"({100 * (run['train_seconds'] / budget - 1):+.0f}%; "
-                    f"{run['max_iter']} iterations at {run['train_s_per_iter']:.3f} s/iter "
-                    f"against the {run.get('calibrated_s_per_iter') or 0:.3f} s/iter planned)."
-                )
+        if series.schedule != TIME_BUDGET:
+            continue
+        if series.clock_s_per_iter is None:
+            notes += _wall_clock_overruns(series)
+        else:
+            notes += _clock_overruns(series, _budget_reference(results, series))
     if not notes:
         return []
-    title = "Over budget (the machine ran slower than the pace the schedule was sized on):"
+    if any(s.clock_s_per_iter is not None for s in results.series):
+        title = (
+            "Off budget on the clock (a budget sized before the clock existed, on another "
+            "machine's wall clock, or a timing redone since): the equal-time comparison is "
+            "not at equal time for these runs; rerunning them (their run directories "
+            "deleted) trains them for the clock's budget:"
+        )
+    else:
+        title = "Over budget (the machine ran slower than the pace the schedule was sized on):"
     return [title, "", *notes, ""]
+
+
+def _budget_reference(results: DatasetResults, budget_series: Series) -> Optional[Series]:
+    """The schedule runs whose training time set ``budget_series``' budget, if among them."""
+    for candidate in results.series:
+        if candidate.schedule == ITERATIONS and _budget_came_from(budget_series, candidate):
+            return candidate
+    return None
+
+
+def _clock_overruns(series: Series, reference: Optional[Series]) -> List[str]:
+    if reference is None or reference.clock_s_per_iter is None:
+        return []
+    budgets = {r["seed"]: t for r, t in zip(reference.runs, reference.clock_train_seconds())}
+    notes = []
+    for run, seconds in zip(series.runs, series.clock_train_seconds()):
+        budget = budgets.get(run["seed"], float(np.mean(list(budgets.values()))))
+        if abs(seconds / budget - 1) > BUDGET_TOLERANCE:
+            notes.append(
+                f"- {series.label}, seed {run['seed']}: {seconds / 60:.1f} min on the clock "
+                f"({run['max_iter']} iterations at {series.clock_s_per_iter:.3f} s) against "
+                f"{reference.name}'s {budget / 60:.1f} min "
+                f"({100 * (seconds / budget - 1):+.0f}%)."
+            )
+    return notes
+
+
+def _wall_clock_overruns(series: Series) -> List[str]:
+    notes = []
+    for run in series.runs:
+        budget = run.get("budget_seconds")
+        if run.get("budget_from"):  # sized on a clock this report was not given
+            continue
+        if budget and run["train_seconds"] > (1 + BUDGET_TOLERANCE) * budget:
+            notes.append(
+                f"- {series.label}, seed {run['seed']}: trained "
+                f"{run['train_seconds'] / 60:.1f} min for a {budget / 60:.1f}-min budget "
+                f"({100 * (run['train_seconds'] / budget - 1):+.0f}%; "
+                f"{run['max_iter']} iterations at {run['train_s_per_iter']:.3f} s/iter "
+                f"against the {run.get('calibrated_s_per_iter') or 0:.3f} s/iter planned)."
+            )
+    return notes
 
 
 def _probe_column(series: Series) -> str:
@@ -395,7 +468,7 @@ def overlap_tables(results: DatasetResults) -> str:
     return "\n".join(tables)
 
 
-def plot_learning_curves(all_results: List[DatasetResults], path: str) -> None:
+def plot_learning_curves(all_results: List[DatasetResults], path: str, clocked: bool) -> None:
     fig, axes = plt.subplots(
         1, len(all_results), figsize=(6.2 * len(all_results), 4.4), squeeze=False
     )
@@ -414,7 +487,11 @@ def plot_learning_curves(all_results: List[DatasetResults], path: str) -> None:
                     label=series.label if j == 0 else None,
                 )
         ax.set_title(f"{results.dataset}: box AP against training time")
-        ax.set_xlabel("training time (min, evaluations excluded)")
+        ax.set_xlabel(
+            "training time (min) at each model's timed s/iter (timing.json)"
+            if clocked
+            else "training time (min, evaluations excluded)"
+        )
         ax.set_ylabel("box AP")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -556,6 +633,30 @@ def verdict_table(records: List[dict]) -> str:
     )
 
 
+def _clock_paragraph(clock: Optional[dict]) -> List[str]:
+    """How training time is counted, and the timing it is counted on."""
+    if clock is None:
+        return [
+            "Training time is each run's own wall clock, evaluations along the way excluded "
+            "(runs timed on different machines do not compare)."
+        ]
+    speeds = ", ".join(
+        f"{name} {seconds:.3f}" for name, seconds in clock["seconds_per_iteration"].items()
+    )
+    rounds = len(next(iter(clock["rounds"].values()), []))
+    return [
+        "Training time is on one clock: each model's seconds per training iteration, timed "
+        f"back-to-back on one machine ({clock['machine']['processor']}, "
+        f"{clock['machine']['cpus']} CPUs, {clock['measured']}; {rounds} round(s) of "
+        f"{clock['iterations_timed']} iterations after {clock['warmup_iterations']} untimed, "
+        "the order reversed each round), times the iterations a run trained; it is what "
+        f"the learning curves, the time to a common AP and the time budgets use. Seconds per "
+        f"iteration: {speeds} (timing.json). A run's own wall clock (*wall min*) is shown "
+        "beside it: the runs were trained over several sessions, on machines whose speed "
+        "differed by up to three times, so wall clocks compare only within a session.",
+    ]
+
+
 def _variants_section(results: DatasetResults) -> List[str]:
     records = variant_differences(results)
     if not records:
@@ -572,18 +673,28 @@ def _variants_section(results: DatasetResults) -> List[str]:
 
 
 def write_report(
-    runs_root: str, output_dir: str, num_resamples: int = 1000, seed: int = 0, command: str = ""
+    runs_root: str,
+    output_dir: str,
+    num_resamples: int = 1000,
+    seed: int = 0,
+    command: str = "",
+    clock: Optional[dict] = None,
 ) -> Dict:
-    """Analyse every run under ``runs_root``; write report.md, plots and report.json there."""
+    """Analyse every run under ``runs_root``; write report.md, plots and report.json there.
+
+    ``clock``: the comparison's timing (``fcos_d2.comparison.timing``); training times are
+    taken on it, for the models it times."""
     os.makedirs(output_dir, exist_ok=True)
     runs = load_runs(runs_root)
     if not runs:
         raise FileNotFoundError(f"no {RUN_FILE} under {runs_root}/*/: nothing to report")
     series = group_series(runs)
     datasets = list(runs[0]["curve"][-1]["datasets"])
-    all_results = [DatasetResults(d, series, num_resamples, seed) for d in datasets]
+    all_results = [DatasetResults(d, series, num_resamples, seed, clock) for d in datasets]
 
-    plot_learning_curves(all_results, os.path.join(output_dir, "ap_vs_time.png"))
+    plot_learning_curves(
+        all_results, os.path.join(output_dir, "ap_vs_time.png"), clocked=clock is not None
+    )
     plot_overlap(all_results, os.path.join(output_dir, "recall_by_overlap.png"))
     plot_recall_vs_iou(all_results, os.path.join(output_dir, "recall_vs_iou.png"))
 
@@ -608,7 +719,9 @@ def write_report(
         f"({num_resamples} resamples, seed {seed}) "
         "over validation images and, where a model has several seeds, over its seeds "
         "(`fcos_d2/comparison/statistics.py` says how the two are pooled); `±` is the standard "
-        "deviation across seeds. Training time excludes the evaluations along the way.",
+        "deviation across seeds.",
+        "",
+        *_clock_paragraph(clock),
         "",
         "![AP against training time](ap_vs_time.png)",
         "",
@@ -670,6 +783,7 @@ def write_report(
                 s.label: {
                     "runs": [os.path.basename(run["run_dir"]) for run in s.runs],
                     "train_seconds": [run["train_seconds"] for run in s.runs],
+                    "clock_train_seconds": s.clock_train_seconds(),
                     "metrics": {
                         g: {m: metric_estimate(s, g, m).__dict__ for m in bootstrap.METRICS}
                         for g in s.point

@@ -25,10 +25,11 @@ from torch import nn
 
 from ..config import setup_cfg
 from ..engine import Trainer
+from . import timing
 
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "coco_instances_results.json"
-CALIBRATION_ITERS = 30  # iterations timed to fit a schedule into a time budget
+MIN_BUDGET_ITERS = 30  # the fewest iterations a time-budget run trains
 
 
 class TimedModel(nn.Module):
@@ -212,26 +213,10 @@ def _median_iteration_seconds(metrics_file: str, skip: int = 0) -> Optional[floa
 
 
 def calibrate_seconds_per_iteration(config_file: str, opts: Sequence[str], run_dir: str) -> float:
-    """Train ``CALIBRATION_ITERS`` iterations and return the median seconds per iteration."""
-    calibration_dir = os.path.join(run_dir, "calibration")
-    cfg = setup_cfg(
-        config_file,
-        [
-            *opts,
-            "OUTPUT_DIR",
-            calibration_dir,
-            "SOLVER.MAX_ITER",
-            str(CALIBRATION_ITERS),
-            "SOLVER.CHECKPOINT_PERIOD",
-            "1000000",
-            "DATASETS.TEST",
-            "()",
-        ],
-    )
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    trainer.train()
-    return _median_iteration_seconds(os.path.join(calibration_dir, "metrics.json"), skip=5)
+    """Mean seconds per training iteration of this model on this machine, timed as the
+    comparison's clock times it (``timing.time_iterations``)."""
+    seconds = timing.time_iterations(config_file, opts, os.path.join(run_dir, "calibration"))
+    return statistics.fmean(seconds)
 
 
 def train_and_evaluate(
@@ -244,6 +229,7 @@ def train_and_evaluate(
     budget_seconds: Optional[float] = None,
     name: Optional[str] = None,
     seconds_per_iteration: Optional[float] = None,
+    budget_from: Optional[str] = None,
 ) -> Dict:
     """Train a model, evaluate it along the way and at the end, write ``run.json``.
 
@@ -255,10 +241,10 @@ def train_and_evaluate(
         num_evaluations: points on the learning curve, the final one included.
         budget_seconds: train for about this long: the schedule is stretched (see
             ``scaled_schedule_opts``) to the iterations that fit.
-        seconds_per_iteration: with a budget, this model's measured training time per
-            iteration on this machine (its schedule run's time / iterations, data loading
-            included), which sets the iterations that fit; without it, ``CALIBRATION_ITERS``
-            iterations are timed first (their median runs faster than a whole schedule does).
+        seconds_per_iteration: with a budget, this model's training time per iteration on
+            the comparison's clock (``timing``), which sets the iterations that fit; without
+            it, ``timing.TIMED_ITERATIONS`` iterations are timed first.
+        budget_from: the model whose schedule set the budget (recorded in run.json).
     """
     os.makedirs(run_dir, exist_ok=True)
     base_opts = [
@@ -280,7 +266,7 @@ def train_and_evaluate(
         if calibrated is None:
             seed_all_rng(seed)
             calibrated = calibrate_seconds_per_iteration(config_file, base_opts, run_dir)
-        max_iter = max(CALIBRATION_ITERS, int(budget_seconds / calibrated))
+        max_iter = max(MIN_BUDGET_ITERS, int(budget_seconds / calibrated))
         schedule_opts, eval_period = scaled_schedule_opts(cfg, max_iter, eval_period)
         cfg = setup_cfg(config_file, [*base_opts, *schedule_opts, "OUTPUT_DIR", run_dir])
 
@@ -308,10 +294,15 @@ def train_and_evaluate(
         "seed": seed,
         "schedule": "time budget" if budget_seconds is not None else "iterations",
         "budget_seconds": budget_seconds,
+        "budget_from": budget_from,
         "calibrated_s_per_iter": calibrated,
         "calibration": None
         if budget_seconds is None
-        else ("schedule run" if seconds_per_iteration else f"{CALIBRATION_ITERS} timed iterations"),
+        else (
+            "given (the comparison's timing)"
+            if seconds_per_iteration
+            else f"{timing.TIMED_ITERATIONS} timed iterations"
+        ),
         "max_iter": cfg.SOLVER.MAX_ITER,
         "train_seconds": train_seconds,
         "train_s_per_iter": _median_iteration_seconds(os.path.join(run_dir, "metrics.json")),

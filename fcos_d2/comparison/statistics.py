@@ -47,6 +47,8 @@ class Series:
     replicates: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
     seed_draws: Optional[np.ndarray] = None  # (B, S)
     curve_ap: List[Tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per seed
+    # The comparison's clock (``timing``): seconds per training iteration, None without one.
+    clock_s_per_iter: Optional[float] = None
 
     @property
     def label(self) -> str:
@@ -55,6 +57,12 @@ class Series:
     def run_mean(self, key: str) -> Optional[float]:
         values = [r[key] for r in self.runs if r.get(key) is not None]
         return float(np.mean(values)) if values else None
+
+    def clock_train_seconds(self) -> List[float]:
+        """Each seed's training time on the comparison's clock (its wall clock without one)."""
+        if self.clock_s_per_iter is None:
+            return [r["train_seconds"] for r in self.runs]
+        return [r["max_iter"] * self.clock_s_per_iter for r in self.runs]
 
 
 def group_datasets(dataset: dict) -> Dict[str, dict]:
@@ -74,8 +82,8 @@ def evaluate_series(
 
     Args:
         predictions_per_seed: final COCO predictions of each seed.
-        curve_predictions_per_seed: per seed, (training seconds, predictions) of each
-            evaluation along the way (the final one included).
+        curve_predictions_per_seed: per seed, (training seconds on the comparison's clock,
+            predictions) of each evaluation along the way (the final one included).
         ground_truth: COCO index of each group (see ``group_datasets``).
         image_weights: (B, I) image draws, shared by all series on this dataset.
         seed_draws: (B, S) seed draws of this series.

@@ -12,8 +12,8 @@ from fcos_d2.comparison.verdicts import (
 )
 
 
-def write_run(root, name, meta_architecture, schedule, seed, curve, budget_seconds=None):
-    """A run directory as runner.train_and_evaluate leaves it."""
+def write_run(root, name, meta_architecture, schedule, seed, curve, budget_seconds=None, **extra):
+    """A run directory as runner.train_and_evaluate leaves it (``extra``: more run.json keys)."""
     run_dir = root / f"{name}__{schedule}__seed{seed}"
     points = []
     for iteration, seconds, predictions in curve:
@@ -46,6 +46,7 @@ def write_run(root, name, meta_architecture, schedule, seed, curve, budget_secon
         "peak_memory_mb": 100.0,
         "ground_truth": {"hand": str(root.parent / "gt.json")},
         "curve": points,
+        **extra,
     }
     (run_dir / "run.json").write_text(json.dumps(run))
 
@@ -106,6 +107,62 @@ def test_equal_time_pairs_the_baseline_budget_run_or_the_schedule_the_budget_cam
     assert equal_time_pairs(90.0, rcnn_budget_run=False) == ["rcnn (iterations)"]
     assert equal_time_pairs(60.0, rcnn_budget_run=False) == []
     assert equal_time_pairs(60.0, rcnn_budget_run=True) == ["rcnn (time budget)"]
+
+
+def test_with_a_clock_training_time_is_iterations_times_each_models_timed_pace(tmp_path):
+    """Timed back-to-back, FCOS takes 1 s an iteration and Mask R-CNN 5 s; the runs' own wall
+    clocks (another machine, 45x slower for the budget run) are shown but not used. The
+    budget run records the model its budget came from, so it meets Mask R-CNN's schedule
+    though its budget (100 s on the clock) is not Mask R-CNN's wall-clock time."""
+    from fcos_d2.comparison.report import (
+        DatasetResults,
+        group_series,
+        load_runs,
+        pairings,
+        write_report,
+    )
+
+    dataset = crowded_case()
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+    truth = [detection(a["image_id"], a["bbox"], 0.9) for a in dataset["annotations"]]
+    runs = tmp_path / "runs"
+    write_run(runs, "fcos", "FCOS", "iterations", 0, [(10, 20.0, truth[::2]), (20, 40.0, truth)])
+    write_run(
+        runs, "mask", "GeneralizedRCNN", "iterations", 0, [(10, 500.0, []), (20, 900.0, truth)]
+    )
+    write_run(
+        runs, "fcos", "FCOS", "time budget", 0, [(100, 4500.0, truth)], 100.0, budget_from="mask"
+    )
+    clock = {
+        "seconds_per_iteration": {"fcos": 1.0, "mask": 5.0},
+        "rounds": {"fcos": [1.0, 1.0], "mask": [5.0, 5.0]},
+        "machine": {"processor": "hand", "cpus": 2},
+        "measured": "today",
+        "iterations_timed": 30,
+        "warmup_iterations": 10,
+    }
+    results = DatasetResults("hand", group_series(load_runs(str(runs))), 5, seed=0, clock=clock)
+    seconds = {s.label: list(s.curve_ap[0][0]) for s in results.series}
+    assert seconds == {
+        "fcos (iterations)": [10.0, 20.0],
+        "mask (iterations)": [50.0, 100.0],
+        "fcos (time budget)": [100.0],
+    }
+    pairs = [(b, f.label, m.label) for b, f, m in pairings(results)]
+    assert ("equal time", "fcos (time budget)", "mask (iterations)") in pairs
+
+    summary = write_report(str(runs), str(tmp_path / "report"), num_resamples=20, clock=clock)
+    mask = summary["datasets"]["hand"]["mask (iterations)"]
+    assert mask["clock_train_seconds"] == [100.0] and mask["train_seconds"] == [900.0]
+    time_verdict = next(
+        v for v in summary["verdicts"] if v["budget"] == "equal iterations" and "time" in v["claim"]
+    )
+    assert "s/iter timed back-to-back 1.000 vs 5.000" in time_verdict["evidence"]
+    assert time_verdict["verdict"] == SUPPORTED  # 20 s against 100 s on the clock
+    assert (
+        "timed back-to-back on one machine (hand, 2 CPUs"
+        in (tmp_path / "report" / "report.md").read_text()
+    )
 
 
 def test_variants_are_reported_against_the_judged_model_of_their_kind(tmp_path):
@@ -182,10 +239,11 @@ def test_proposals_table_gives_mean_and_seed_spread_and_a_dash_for_absent_sizes(
 
 @pytest.mark.parametrize("train_seconds, flagged", [(100.0, True), (94.0, False), (80.0, False)])
 def test_a_budget_run_that_overran_its_budget_is_flagged(train_seconds, flagged):
-    """A 90-s budget allows 5% more (94.5 s); 100 s is flagged with its overrun, +11%."""
+    """Without a clock: a 90-s budget allows 5% more (94.5 s); 100 s is flagged, +11%."""
     from types import SimpleNamespace
 
     from fcos_d2.comparison.report import _overrun_notes
+    from fcos_d2.comparison.statistics import Series
 
     run = {
         "seed": 0,
@@ -195,10 +253,45 @@ def test_a_budget_run_that_overran_its_budget_is_flagged(train_seconds, flagged)
         "train_s_per_iter": train_seconds / 300,
         "calibrated_s_per_iter": 0.3,
     }
-    series = SimpleNamespace(label="fcos (time budget)", runs=[run])
-    schedule_run = {**run, "budget_seconds": None}
-    other = SimpleNamespace(label="fcos (iterations)", runs=[schedule_run])
+    series = Series("fcos", "FCOS", "time budget", [run])
+    other = Series("fcos", "FCOS", "iterations", [{**run, "budget_seconds": None}])
     notes = _overrun_notes(SimpleNamespace(series=[other, series]))
     assert bool(notes) == flagged
     if flagged:
         assert "fcos (time budget), seed 0: trained 1.7 min for a 1.5-min budget (+11%" in notes[2]
+    # A budget sized on a clock this report was not given is not judged by its wall clock.
+    run["budget_from"] = "mask"
+    assert not _overrun_notes(SimpleNamespace(series=[other, series]))
+
+
+@pytest.mark.parametrize("fcos_iterations, flagged", [(7298, True), (5625, False), (5400, False)])
+def test_on_the_clock_a_budget_run_is_held_to_its_partners_clock_time(fcos_iterations, flagged):
+    """Mask R-CNN's 1500 iterations at 2.816 s take 70.4 min on the clock. A budget run sized
+    on another machine's wall clock (budget = Mask R-CNN's 1828 s there) that trained 7298
+    iterations at 0.75 s took 91.2 min on the clock: +30%, flagged; 5625 and 5400 iterations
+    are within 5%."""
+    from types import SimpleNamespace
+
+    from fcos_d2.comparison.report import _overrun_notes
+    from fcos_d2.comparison.statistics import Series
+
+    mask = {"seed": 0, "max_iter": 1500, "train_seconds": 1828.0, "budget_seconds": None}
+    fcos = {
+        "seed": 0,
+        "max_iter": fcos_iterations,
+        "train_seconds": 1725.0,
+        "budget_seconds": 1828.0,
+    }
+    results = SimpleNamespace(
+        series=[
+            Series("mask", "GeneralizedRCNN", "iterations", [mask], clock_s_per_iter=2.816),
+            Series("fcos", "FCOS", "time budget", [fcos], clock_s_per_iter=0.75),
+        ]
+    )
+    notes = _overrun_notes(results)
+    assert bool(notes) == flagged
+    if flagged:
+        assert notes[2] == (
+            "- fcos (time budget), seed 0: 91.2 min on the clock (7298 iterations at 0.750 s) "
+            "against mask's 70.4 min (+30%)."
+        )

@@ -1,19 +1,21 @@
 """tools/compare.py end to end (tiny runs, a time budget) and its plan of runs."""
 
 import json
-import os
 
 import pytest
 
 
 @pytest.mark.slow
-def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
-    """tools/compare.py trains FCOS and Mask R-CNN (a few iterations, tiny data), FCOS again
-    for a time budget, and writes the report; a second call keeps the runs."""
+def test_compare_cli_end_to_end_with_a_time_budget(monkeypatch, tmp_path):
+    """tools/compare.py times both models, trains FCOS and Mask R-CNN (a few iterations,
+    tiny data), each again for a time budget on that clock, and writes the report; a second
+    call keeps the runs and the timing."""
     import compare
     from conftest import CONFIGS
 
     from fcos_d2.data.datasets import generate_shapes_split
+
+    monkeypatch.setitem(compare.TIMING, False, {"rounds": 2, "warmup": 1, "timed": 2})
 
     registrations = []
     for split, count in (("cmp_train", 6), ("cmp_val", 4)):
@@ -81,23 +83,32 @@ def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
     ]
     budget_run = json.loads((runs_dir / runs[1] / "run.json").read_text())
     mask_run = json.loads((runs_dir / runs[2] / "run.json").read_text())
-    assert budget_run["budget_seconds"] == pytest.approx(1.2) and budget_run["max_iter"] >= 30
-    # The iterations that fit come from FCOS's own schedule run, not from a separate timing.
-    schedule_run = json.loads((runs_dir / runs[0] / "run.json").read_text())
-    assert budget_run["calibration"] == "schedule run"
-    assert budget_run["calibrated_s_per_iter"] == pytest.approx(
-        schedule_run["train_seconds"] / schedule_run["max_iter"]
-    )
+    clock = json.loads((tmp_path / "out" / "timing.json").read_text())
+    paces = clock["seconds_per_iteration"]
+    assert set(paces) == {"FCOS_R_18_quick", "mask_rcnn_R_18_shapes_cpu"}
+    assert [len(r) for r in clock["rounds"].values()] == [2, 2]
+    # The iterations that fit come from the clock: FCOS's timed pace.
+    assert budget_run["budget_seconds"] == pytest.approx(1.2)
+    assert budget_run["calibrated_s_per_iter"] == pytest.approx(paces["FCOS_R_18_quick"])
+    assert budget_run["max_iter"] == max(30, int(1.2 / paces["FCOS_R_18_quick"]))
     assert [p["iteration"] for p in mask_run["curve"]] == [2, 4]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert {v["budget"] for v in report["verdicts"]} == {"equal iterations", "equal time"}
+    # Training time in the report is on the clock: iterations times the timed pace.
+    mask_report = report["datasets"]["compare_cmp_val"]["mask_rcnn_R_18_shapes_cpu (iterations)"]
+    assert mask_report["clock_train_seconds"] == [
+        pytest.approx(4 * paces["mask_rcnn_R_18_shapes_cpu"])
+    ]
+    assert "timed back-to-back" in (tmp_path / "out" / "report.md").read_text()
     # The R-CNN records its proposals' recall; FCOS has no proposals.
     recall = mask_run["proposals"]["compare_cmp_val"]
     assert 0 <= recall["AR@100"] <= recall["AR@1000"] <= 100
     assert "proposals" not in budget_run
-    modified = (runs_dir / runs[2] / "run.json").stat().st_mtime
-    assert compare.main(argv) == 0  # resumes: every run.json already there
-    assert (runs_dir / runs[2] / "run.json").stat().st_mtime == modified
+    modified = [(runs_dir / runs[2] / "run.json").stat().st_mtime]
+    modified.append((tmp_path / "out" / "timing.json").stat().st_mtime)
+    assert compare.main(argv) == 0  # resumes: every run.json and the timing already there
+    assert (runs_dir / runs[2] / "run.json").stat().st_mtime == modified[0]
+    assert (tmp_path / "out" / "timing.json").stat().st_mtime == modified[1]
 
     # A run from before proposals were recorded gets them from its model_final.pth: the
     # very numbers the run measured on its final model.
@@ -111,22 +122,36 @@ def test_compare_cli_end_to_end_with_a_time_budget(tmp_path):
     assert not runner.add_proposal_recall(str(runs_dir / runs[0]))  # FCOS: nothing to add
 
 
-def test_time_budget_is_the_named_models_measured_time_per_seed(monkeypatch, tmp_path):
-    """--budget-from: every other model trains, seed by seed, for as long as that model did."""
+def fake_clock(monkeypatch, compare, paces, measured=None):
+    """Timing by hand (``paces``: model name -> s/iter); ``measured`` collects what is timed."""
+
+    def measure(configs, opts, output_dir, **schedule):
+        if measured is not None:
+            measured.append([compare.timing.model_name(c) for c in configs])
+        return {"seconds_per_iteration": {compare.timing.model_name(c): paces[c] for c in configs}}
+
+    monkeypatch.setattr(compare.timing, "measure_training_speed", measure)
+    monkeypatch.setattr(compare, "schedule_iterations", lambda args, config: 200)
+
+
+def test_time_budget_is_the_named_models_schedule_on_the_clock(monkeypatch, tmp_path):
+    """--budget-from: every other model trains, seed by seed, for as long as that model's
+    schedule takes on the clock (200 iterations at 1.5 s), at its own timed pace."""
     import compare
 
     calls = []
 
-    def fake_run(args, config, run_dir, seed, budget_seconds, seconds_per_iter=None):
-        calls.append((config, seed, budget_seconds))
+    def fake_run(args, config, run_dir, seed, budget_seconds, pace=None, budget_model=None):
+        calls.append((config, seed, budget_seconds, pace, budget_model))
         return {"train_seconds": 100.0 + seed}
 
     monkeypatch.setattr(compare, "run_in_subprocess", fake_run)
+    fake_clock(monkeypatch, compare, {"fcos.yaml": 0.25, "mask.yaml": 1.5, "faster.yaml": 1.0})
     args = compare.argument_parser().parse_args(["--seeds", "2", "--output", str(tmp_path)])
     args.budget_from = "mask.yaml"
     compare.plan_and_run(args, ["fcos.yaml", "mask.yaml", "faster.yaml"])
-    assert ("fcos.yaml", 0, 100.0) in calls and ("fcos.yaml", 1, 101.0) in calls
-    assert ("faster.yaml", 1, 101.0) in calls
+    assert ("fcos.yaml", 0, 300.0, 0.25, "mask") in calls
+    assert ("fcos.yaml", 1, 300.0, 0.25, "mask") in calls
     assert not [c for c in calls if c[0] == "mask.yaml" and c[2] is not None]
     # The judged pair first, seed by seed; the other models after: their schedule runs for
     # every seed, then their budget runs.
@@ -134,34 +159,51 @@ def test_time_budget_is_the_named_models_measured_time_per_seed(monkeypatch, tmp
         i for i, c in enumerate(calls) if c[0] == "fcos.yaml"
     )
     assert [c for c in calls if c[0] == "faster.yaml"] == [
-        ("faster.yaml", 0, None),
-        ("faster.yaml", 1, None),
-        ("faster.yaml", 0, 100.0),
-        ("faster.yaml", 1, 101.0),
+        ("faster.yaml", 0, None, None, None),
+        ("faster.yaml", 1, None, None, None),
+        ("faster.yaml", 0, 300.0, 1.0, "mask"),
+        ("faster.yaml", 1, 300.0, 1.0, "mask"),
     ]
 
 
-def test_budget_runs_take_their_pace_from_the_models_schedule_run(monkeypatch, tmp_path):
-    """A budget run gets the iterations that fit at its own schedule run's measured pace
-    (time / iterations, same seed), not a separate timing of a few iterations."""
+def test_timing_is_kept_when_it_times_every_model_and_redone_for_all_when_not(
+    monkeypatch, tmp_path
+):
+    """The clock is measured once, before any run, and written to --output and --archive;
+    a later comparison with a model it lacks times every model again, back-to-back."""
     import compare
 
-    paces = {}
-
-    def fake_run(args, config, run_dir, seed, budget_seconds, seconds_per_iter=None):
-        if budget_seconds is None:
-            os.makedirs(run_dir, exist_ok=True)
-            with open(os.path.join(run_dir, "run.json"), "w") as f:
-                json.dump({"train_seconds": 30.0 * (seed + 1), "max_iter": 100}, f)
-        else:
-            paces[(config, seed)] = seconds_per_iter
-        return {"train_seconds": 500.0}
-
-    monkeypatch.setattr(compare, "run_in_subprocess", fake_run)
-    args = compare.argument_parser().parse_args(["--seeds", "2", "--output", str(tmp_path)])
-    args.budget_from = "mask.yaml"
+    monkeypatch.setattr(compare, "run_in_subprocess", lambda *a: {"train_seconds": 1.0})
+    monkeypatch.setattr(compare.archive, "pack_run", lambda run_dir, archive_dir: None)
+    measured = []
+    paces = {"fcos.yaml": 0.25, "mask.yaml": 1.5, "faster.yaml": 1.0}
+    fake_clock(monkeypatch, compare, paces, measured)
+    argv = ["--seeds", "1", "--output", str(tmp_path / "out"), "--archive", str(tmp_path / "a")]
+    args = compare.argument_parser().parse_args(argv)
     compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
-    assert paces == {("fcos.yaml", 0): pytest.approx(0.3), ("fcos.yaml", 1): pytest.approx(0.6)}
+    compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
+    assert measured == [["fcos", "mask"]]
+    for folder in ("out", "a"):
+        written = json.loads((tmp_path / folder / "timing.json").read_text())
+        assert written["seconds_per_iteration"] == {"fcos": 0.25, "mask": 1.5}
+    compare.plan_and_run(args, ["fcos.yaml", "mask.yaml", "faster.yaml"])
+    assert measured == [["fcos", "mask"], ["fcos", "mask", "faster"]]
+
+
+def test_a_kept_budget_run_from_a_model_is_not_refused_for_a_changed_clock(tmp_path):
+    """A budget from a model follows the clock (re-timed, it changes); only a fixed budget
+    (--budget-minutes) must match the kept run's."""
+    import compare
+
+    run_dir = tmp_path / "runs" / "fcos__time_budget__seed0"
+    run_dir.mkdir(parents=True)
+    kept_run = {"budget_seconds": 1828.0, "name": "fcos", "meta_architecture": "FCOS"}
+    (run_dir / "run.json").write_text(json.dumps(kept_run))
+    args = compare.argument_parser().parse_args(["--output", str(tmp_path)])
+    kept = compare.run_in_subprocess(args, "fcos.yaml", str(run_dir), 0, 1700.0, 0.25, "mask")
+    assert kept["budget_seconds"] == 1828.0
+    with pytest.raises(SystemExit, match="30.5-min budget"):
+        compare.run_in_subprocess(args, "fcos.yaml", str(run_dir), 0, 1700.0)
 
 
 def test_each_run_waits_while_the_hold_file_exists(monkeypatch, tmp_path):
@@ -178,8 +220,18 @@ def test_each_run_waits_while_the_hold_file_exists(monkeypatch, tmp_path):
 
     monkeypatch.setattr(compare.time, "sleep", sleep)
     monkeypatch.setattr(compare, "run_in_subprocess", lambda *a: {"train_seconds": 1.0})
+    fake_clock(monkeypatch, compare, {"fcos.yaml": 0.25, "mask.yaml": 1.5})
     args = compare.argument_parser().parse_args(
         ["--output", str(tmp_path), "--hold-file", str(hold), "--seeds", "1"]
     )
     compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
     assert len(sleeps) == 3 and not hold.exists()
+
+
+def test_a_broken_timing_file_stops_the_comparison_with_its_name(tmp_path):
+    import compare
+
+    (tmp_path / "timing.json").write_text('{"seconds_per_iteration": {"fcos": -1}}')
+    args = compare.argument_parser().parse_args(["--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"timing.json: .*delete it to time the models again"):
+        compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
