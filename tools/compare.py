@@ -71,7 +71,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "--full",
         action="store_true",
         help="FCOS, Mask R-CNN and Faster R-CNN on shapes, full schedule, and FCOS "
-        "and Faster R-CNN again for as long as Mask R-CNN trained",
+        "and Faster R-CNN again for as long as Mask R-CNN's schedule takes on the clock",
     )
     mode.add_argument(
         "--report-only",
@@ -109,13 +109,13 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--budget-minutes",
         type=float,
-        help="also train every model for this long (schedule stretched to fit)",
+        help="also train every model for this long on the clock (schedule stretched to fit)",
     )
     parser.add_argument(
         "--budget-from",
         metavar="CONFIG",
-        help="the time budget is this model's measured training time "
-        "(per seed); --full: the Mask R-CNN config",
+        help="the time budget is this model's schedule on the clock (its iterations times "
+        "its timed s/iter); --full: the Mask R-CNN config",
     )
     parser.add_argument(
         "--resamples", type=int, help="bootstrap resamples (default 1000; --quick 200)"
