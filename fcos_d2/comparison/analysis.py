@@ -31,6 +31,17 @@ def coco_from_dict(dataset: dict) -> COCO:
     return coco
 
 
+def load_detections(gt: COCO, predictions: List[dict]) -> COCO:
+    """``gt.loadRes(predictions)`` without touching the caller's dicts, quietly.
+
+    loadRes only sets keys on each prediction (id, area, iscrowd, a box outline as its
+    segmentation), so a shallow copy of each dict protects them; a deep copy of tens of
+    thousands of predictions cost more than the matching itself.
+    """
+    with contextlib.redirect_stdout(io.StringIO()):
+        return gt.loadRes([dict(p) for p in predictions])
+
+
 def run_cocoeval(
     gt: COCO,
     predictions: List[dict],
@@ -41,8 +52,8 @@ def run_cocoeval(
     """COCOeval evaluated and accumulated (None when there are no predictions)."""
     if not predictions:
         return None
+    detections = load_detections(gt, predictions)
     with contextlib.redirect_stdout(io.StringIO()):
-        detections = gt.loadRes(copy.deepcopy(predictions))
         evaluation = COCOeval(gt, detections, iou_type)
         if iou_thresholds is not None:
             evaluation.params.iouThrs = np.asarray(iou_thresholds, dtype=float)

@@ -5,21 +5,23 @@ every summary metric then only adds up those matches over the images
 (``COCOeval.accumulate``). ``MatchTable`` keeps the matches of one model on one dataset,
 and ``MatchTable.metrics(weights)`` re-does the adding up with each image counted
 ``weights[i]`` times: all ones gives COCOeval's numbers exactly, a multinomial draw gives
-one bootstrap replicate. Matching is never redone, so a replicate costs milliseconds.
+one bootstrap replicate. Matching is never redone, and ``replicate_metrics`` adds up many
+replicates at once, as arrays over the replicates.
 
 Naming: I images, K categories, T IoU thresholds (0.5:0.95), D_k detections of category
 k over all images, sorted by score as COCOeval sorts them.
 """
 
 import contextlib
-import copy
 import io
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+from fcos_d2.comparison.analysis import load_detections
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_POINTS = np.linspace(0.0, 1.0, 101)
@@ -55,8 +57,8 @@ class MatchTable:
 
     def _match(self, gt: COCO, predictions: List[dict]) -> List[_CategoryMatches]:
         position = {image_id: i for i, image_id in enumerate(self.image_ids)}
+        detections = load_detections(gt, predictions) if predictions else COCO()
         with contextlib.redirect_stdout(io.StringIO()):
-            detections = gt.loadRes(copy.deepcopy(predictions)) if predictions else COCO()
             if not predictions:
                 detections.dataset = {
                     "images": gt.dataset["images"],
@@ -110,54 +112,90 @@ class MatchTable:
             )
         return per_category
 
-    def metrics(self, weights: np.ndarray = None) -> Dict[str, float]:
-        """The ``METRICS`` (percent) with image i counted ``weights[i]`` times.
+    def metrics(self, weights: Optional[np.ndarray] = None) -> Dict[str, float]:
+        """The ``METRICS`` (percent) with image i counted ``weights[i]`` times (default once).
 
         Categories without ground truth under these weights are left out of the
         averages, as COCOeval leaves out absent categories.
         """
         weights = np.ones(self.num_images) if weights is None else np.asarray(weights, dtype=float)
-        precision_rows, recall_at = [], {1: [], 10: [], MAX_DETECTIONS: []}
-        for category in self.categories:
-            num_gt = float(weights @ category.gt_count)
-            if num_gt == 0:
-                continue
-            detection_weight = weights[category.image_index]  # (D,)
-            tp = np.cumsum(category.true_positive * detection_weight, axis=1)  # (T, D)
-            fp = np.cumsum(category.false_positive * detection_weight, axis=1)  # (T, D)
-            precision_rows.append(_interpolated_precision(tp, fp, num_gt))
-            for max_dets in recall_at:
-                kept = detection_weight * (category.rank < max_dets)  # (D,)
-                recall_at[max_dets].append(category.true_positive @ kept / num_gt)  # (T,)
-        if not precision_rows:
-            return {name: 0.0 for name in METRICS}
-        precision = np.stack(precision_rows, axis=1)  # (T, K', 101)
-        recall = {m: np.stack(r, axis=1) for m, r in recall_at.items()}  # (T, K')
-        return {
-            "AP": 100 * precision.mean(),
-            "AP50": 100 * precision[0].mean(),
-            "AP75": 100 * precision[5].mean(),
-            "AR1": 100 * recall[1].mean(),
-            "AR10": 100 * recall[10].mean(),
-            "AR100": 100 * recall[MAX_DETECTIONS].mean(),
-            "R50": 100 * recall[MAX_DETECTIONS][0].mean(),
-            "R75": 100 * recall[MAX_DETECTIONS][5].mean(),
+        replicates = self.replicate_metrics(weights[None])
+        return {name: float(values[0]) for name, values in replicates.items()}
+
+    def replicate_metrics(self, weights: np.ndarray, chunk_size: int = 50) -> Dict[str, np.ndarray]:
+        """``metrics`` under every row of (B, I) ``weights`` at once: name -> (B,) values.
+
+        Replicates are computed ``chunk_size`` at a time, as arrays over the replicates
+        (a chunk holds a few (chunk_size, T, D) arrays in memory).
+        """
+        weights = np.asarray(weights, dtype=float)
+        chunks = [
+            self._metrics_of(weights[start : start + chunk_size])
+            for start in range(0, len(weights), chunk_size)
+        ]
+        values = np.concatenate(chunks, axis=0)  # (B, len(METRICS))
+        return {name: values[:, j] for j, name in enumerate(METRICS)}
+
+    def _metrics_of(self, weights: np.ndarray) -> np.ndarray:
+        """(b, I) image weights -> (b, len(METRICS)) metrics in percent."""
+        num_replicates, num_categories = len(weights), len(self.categories)
+        shape = (num_replicates, len(IOU_THRESHOLDS), num_categories)
+        precision = np.zeros(shape + (len(RECALL_POINTS),))  # (b, T, K, 101)
+        recall_at = {m: np.zeros(shape) for m in (1, 10, MAX_DETECTIONS)}  # (b, T, K) each
+        present = np.zeros((num_replicates, num_categories), dtype=bool)  # (b, K)
+        for k, category in enumerate(self.categories):
+            num_gt = weights @ category.gt_count  # (b,)
+            present[:, k] = num_gt > 0
+            num_gt = np.where(num_gt > 0, num_gt, 1.0)[:, None]  # (b, 1); absent: masked below
+            detection_weight = weights[:, category.image_index]  # (b, D)
+            tp = np.cumsum(category.true_positive * detection_weight[:, None], axis=2)  # (b, T, D)
+            fp = np.cumsum(category.false_positive * detection_weight[:, None], axis=2)
+            precision[:, :, k] = _interpolated_precision(tp, fp, num_gt[:, :, None])
+            for max_dets, recall in recall_at.items():
+                kept = detection_weight * (category.rank < max_dets)  # (b, D)
+                recall[:, :, k] = kept @ category.true_positive.T / num_gt  # (b, T)
+        # Means over IoU thresholds and the categories present in each replicate (none: 0).
+        in_average = present[:, None, :]  # (b, 1, K)
+        count = np.maximum(present.sum(axis=1), 1)  # (b,)
+
+        def average(values: np.ndarray) -> np.ndarray:  # (b, T', K) -> (b,)
+            return np.where(in_average, values, 0.0).sum(axis=(1, 2)) / (count * values.shape[1])
+
+        precision = precision.mean(axis=3)  # (b, T, K): mean over the recall points
+        recall = recall_at[MAX_DETECTIONS]
+        columns = {
+            "AP": average(precision),
+            "AP50": average(precision[:, :1]),
+            "AP75": average(precision[:, 5:6]),
+            "AR1": average(recall_at[1]),
+            "AR10": average(recall_at[10]),
+            "AR100": average(recall),
+            "R50": average(recall[:, :1]),
+            "R75": average(recall[:, 5:6]),
         }
+        return 100 * np.stack([columns[name] for name in METRICS], axis=1)
 
 
-def _interpolated_precision(tp: np.ndarray, fp: np.ndarray, num_gt: float) -> np.ndarray:
-    """COCO's precision at the 101 recall points, per IoU threshold: (T, D) -> (T, 101)."""
-    result = np.zeros((tp.shape[0], len(RECALL_POINTS)))
-    if tp.shape[1] == 0:
+def _interpolated_precision(tp: np.ndarray, fp: np.ndarray, num_gt: np.ndarray) -> np.ndarray:
+    """COCO's precision at the 101 recall points: (..., D) cumulative counts -> (..., 101).
+
+    ``num_gt`` broadcasts against ``tp``.
+    """
+    result = np.zeros(tp.shape[:-1] + (len(RECALL_POINTS),))
+    num_detections = tp.shape[-1]
+    if num_detections == 0:
         return result
     recall = tp / num_gt
     precision = tp / (tp + fp + np.spacing(1))
     # Precision made non-increasing in recall, from the right.
-    precision = np.flip(np.maximum.accumulate(np.flip(precision, axis=1), axis=1), axis=1)
-    for t in range(tp.shape[0]):
-        index = np.searchsorted(recall[t], RECALL_POINTS, side="left")
-        reached = index < tp.shape[1]
-        result[t, reached] = precision[t, index[reached]]
+    precision = np.flip(np.maximum.accumulate(np.flip(precision, axis=-1), axis=-1), axis=-1)
+    recall_rows = recall.reshape(-1, num_detections)
+    precision_rows = precision.reshape(-1, num_detections)
+    result_rows = result.reshape(-1, len(RECALL_POINTS))  # a view: filled in place
+    for row in range(recall_rows.shape[0]):
+        index = np.searchsorted(recall_rows[row], RECALL_POINTS, side="left")
+        reached = index < num_detections
+        result_rows[row, reached] = precision_rows[row, index[reached]]
     return result
 
 

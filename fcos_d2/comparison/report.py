@@ -175,7 +175,7 @@ class DatasetResults:
             for r in series.runs
         ]
         per_seed = [t.metrics()["AP"] for t in tables]
-        values = np.array([[t.metrics(w)["AP"] for w in self.image_weights] for t in tables])
+        values = np.array([t.replicate_metrics(self.image_weights)["AP"] for t in tables])
         return Estimate.of(float(np.mean(per_seed)), pool_seeds(values, draws), per_seed)
 
     def find(

@@ -95,10 +95,9 @@ def evaluate_series(
         per_seed = [t.metrics() for t in tables]
         series.per_seed[group] = {m: [s[m] for s in per_seed] for m in METRICS}
         series.point[group] = {m: float(np.mean(series.per_seed[group][m])) for m in METRICS}
-        # (S, B, metrics) -> pooled (B,) per metric
-        values = np.array([[_metric_row(t.metrics(w)) for w in image_weights] for t in tables])
+        replicates = [t.replicate_metrics(image_weights) for t in tables]  # per seed: (B,) each
         series.replicates[group] = {
-            m: pool_seeds(values[:, :, j], seed_draws) for j, m in enumerate(METRICS)
+            m: pool_seeds(np.array([r[m] for r in replicates]), seed_draws) for m in METRICS
         }
     gt_all = ground_truth[ALL]
     series.curves = [
@@ -111,17 +110,13 @@ def evaluate_series(
             np.array([s for s, _ in curve]),
             np.array(
                 [
-                    [t.metrics()["AP"]] + [t.metrics(w)["AP"] for w in image_weights]
+                    np.concatenate([[t.metrics()["AP"]], t.replicate_metrics(image_weights)["AP"]])
                     for _, t in curve
                 ]
             ),
         )
         for curve in series.curves
     ]
-
-
-def _metric_row(metrics: Dict[str, float]) -> List[float]:
-    return [metrics[m] for m in METRICS]
 
 
 def pool_seeds(values: np.ndarray, seed_draws: np.ndarray) -> np.ndarray:
