@@ -6,12 +6,13 @@ that the learning curve uses counts training only: time spent evaluating is take
 """
 
 import json
+import math
 import os
 import resource
 import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -181,14 +182,11 @@ def machine_speed_probe(repeats: int = 10) -> float:
     return time.perf_counter() - start
 
 
-def scaled_schedule_opts(cfg: CfgNode, max_iter: int, eval_period: int) -> Tuple[List[str], int]:
+def scaled_schedule_opts(cfg: CfgNode, max_iter: int) -> List[str]:
     """KEY VALUE pairs that stretch ``cfg``'s schedule to ``max_iter`` iterations.
 
-    The LR steps stay at the same fractions of the schedule, and so do the evaluations;
-    the warm-up keeps its length in iterations (it is about the start, not the length).
-
-    Returns:
-        (KEY VALUE pairs, the evaluation period for the new schedule)
+    The LR steps stay at the same fractions of the schedule; the warm-up keeps its length
+    in iterations (it is about the start, not the length).
     """
     fraction = max_iter / cfg.SOLVER.MAX_ITER
     steps = tuple(max(1, round(step * fraction)) for step in cfg.SOLVER.STEPS)
@@ -199,7 +197,16 @@ def scaled_schedule_opts(cfg: CfgNode, max_iter: int, eval_period: int) -> Tuple
         str(steps),
         "SOLVER.WARMUP_ITERS",
         str(min(cfg.SOLVER.WARMUP_ITERS, max_iter // 2)),
-    ], max(1, round(eval_period * fraction))
+    ]
+
+
+def evaluation_period(max_iter: int, num_evaluations: int) -> int:
+    """Iterations between learning-curve evaluations: ``num_evaluations - 1`` along the
+    way and the final one at ``max_iter``. Rounded up, so that when ``max_iter`` is not a
+    multiple none lands just before the final one (5635 / 6: every 940, not 939, which
+    would evaluate at 5634 and again at 5635).
+    """
+    return max(1, math.ceil(max_iter / num_evaluations))
 
 
 def _median_iteration_seconds(metrics_file: str, skip: int = 0) -> Optional[float]:
@@ -259,7 +266,6 @@ def train_and_evaluate(
         "1000000",
     ]
     cfg = setup_cfg(config_file, [*base_opts, "OUTPUT_DIR", run_dir])
-    eval_period = max(1, cfg.SOLVER.MAX_ITER // num_evaluations)
     calibrated = None
     if budget_seconds is not None:
         calibrated = seconds_per_iteration
@@ -267,8 +273,9 @@ def train_and_evaluate(
             seed_all_rng(seed)
             calibrated = calibrate_seconds_per_iteration(config_file, base_opts, run_dir)
         max_iter = max(MIN_BUDGET_ITERS, int(budget_seconds / calibrated))
-        schedule_opts, eval_period = scaled_schedule_opts(cfg, max_iter, eval_period)
+        schedule_opts = scaled_schedule_opts(cfg, max_iter)
         cfg = setup_cfg(config_file, [*base_opts, *schedule_opts, "OUTPUT_DIR", run_dir])
+    eval_period = evaluation_period(cfg.SOLVER.MAX_ITER, num_evaluations)
 
     probe_before = machine_speed_probe()
     seed_all_rng(seed)
