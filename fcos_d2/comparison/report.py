@@ -327,18 +327,34 @@ VARIANT_METRICS = (
 )
 
 
-def variant_differences(results: DatasetResults) -> List[dict]:
-    """Each model against the reference of its kind and schedule, paired over images.
+def variant_reference(results: DatasetResults, series: Series) -> Optional[Series]:
+    """The judged model of ``series``' kind (Mask R-CNN with its anchor RPN among the
+    R-CNNs, else the first R-CNN; the first FCOS) on ``series``' schedule.
 
-    The reference is the model the verdicts judge: the first FCOS, and Mask R-CNN with its
-    anchor RPN among the R-CNNs. A variant is any other model of the same
-    meta-architecture trained on the same schedule (a config with one key changed, FCOS
-    proposals in Mask R-CNN, Faster R-CNN)."""
+    A time-budget series whose budget was the judged model's own schedule time
+    (``--budget-from``) meets that model's schedule runs: they trained for that time, and
+    the judged model has no budget runs of its own."""
+
+    def judged(schedule: str) -> Optional[Series]:
+        kind = series.meta_architecture
+        return results.find(kind, schedule, with_masks=True) or results.find(kind, schedule)
+
+    if series.schedule == TIME_BUDGET:
+        schedule_runs = judged(ITERATIONS)
+        if schedule_runs is not None and _budget_came_from(series, schedule_runs):
+            return schedule_runs
+    return judged(series.schedule)
+
+
+def variant_differences(results: DatasetResults) -> List[dict]:
+    """Each model against its reference (``variant_reference``), paired over images.
+
+    A variant is any other model of the same meta-architecture trained on the same schedule
+    or for the same time (a config with one key changed, FCOS proposals in Mask R-CNN,
+    Faster R-CNN)."""
     records = []
     for series in results.series:
-        reference = results.find(
-            series.meta_architecture, series.schedule, with_masks=True
-        ) or results.find(series.meta_architecture, series.schedule)
+        reference = variant_reference(results, series)
         if reference is None or reference is series:
             continue
         differences = {
@@ -353,7 +369,7 @@ def variants_table(records: List[dict]) -> str:
     headers = ["model − reference", *(title for _, _, title in VARIANT_METRICS)]
     rows = [
         [
-            f"{r['variant'].label} − {r['reference'].name}",
+            f"{r['variant'].label} − {r['reference'].label}",
             *(r["differences"][title].text() for _, _, title in VARIANT_METRICS),
         ]
         for r in records
@@ -665,7 +681,8 @@ def _variants_section(results: DatasetResults) -> List[str]:
         "### Variants against their reference",
         "",
         "Differences (model − reference) paired over validation images, with 95% intervals; "
-        "the reference is the model of the same kind and schedule that the verdicts judge.",
+        "the reference is the model of the same kind and schedule that the verdicts judge; "
+        "for a run trained for that model's own schedule time, its schedule runs.",
         "",
         variants_table(records),
         "",

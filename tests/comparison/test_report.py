@@ -192,6 +192,46 @@ def test_variants_are_reported_against_the_judged_model_of_their_kind(tmp_path):
     assert "fcos_half (iterations) − fcos" in text
 
 
+def test_a_run_trained_for_the_judged_models_schedule_time_meets_its_schedule_runs(tmp_path):
+    """Mask R-CNN's schedule set the budget (``budget_from``) and it has no budget runs: the
+    R-CNN variants trained for that time (Faster R-CNN, Mask R-CNN with FCOS proposals) meet
+    Mask R-CNN's schedule runs, not each other; a variant trained for a fixed budget of
+    minutes (no ``budget_from``) meets the first R-CNN budget run instead."""
+    from fcos_d2.comparison.report import write_report
+
+    dataset = crowded_case()
+    (tmp_path / "gt.json").write_text(json.dumps(dataset))
+    truth = [detection(a["image_id"], a["bbox"], 0.9) for a in dataset["annotations"]]
+    runs = tmp_path / "runs"
+    rcnn = "GeneralizedRCNN"
+    write_run(runs, "mask", rcnn, "iterations", 0, [(20, 100.0, truth)])
+    write_run(runs, "faster", rcnn, "time budget", 0, [(30, 100.0, truth[::2])], 100.0,
+              budget_from="mask")
+    write_run(runs, "mask_fcos", rcnn, "time budget", 0, [(21, 100.0, truth)], 100.0,
+              budget_from="mask", proposal_generator="FCOS")
+    summary = write_report(str(runs), str(tmp_path / "report"), num_resamples=20)
+    variants = {v["variant"]: v for v in summary["variants"]["hand"]}
+    assert {name: v["reference"] for name, v in variants.items()} == {
+        "faster (time budget)": "mask (iterations)",
+        "mask_fcos (time budget)": "mask (iterations)",
+    }
+    same = variants["mask_fcos (time budget)"]["differences"]["recall@0.5"]
+    assert (same["value"], same["low"], same["high"]) == (0.0, 0.0, 0.0)
+    half = variants["faster (time budget)"]["differences"]["recall@0.5"]
+    assert half["value"] == pytest.approx(-50.0)
+    text = (tmp_path / "report" / "report.md").read_text()
+    assert "faster (time budget) − mask (iterations)" in text
+
+    fixed = tmp_path / "fixed"
+    write_run(fixed, "mask", rcnn, "iterations", 0, [(20, 100.0, truth)])
+    write_run(fixed, "faster", rcnn, "time budget", 0, [(30, 60.0, truth[::2])], 60.0)
+    write_run(fixed, "mask_fcos", rcnn, "time budget", 0, [(21, 60.0, truth)], 60.0,
+              proposal_generator="FCOS")
+    summary = write_report(str(fixed), str(tmp_path / "fixed_report"), num_resamples=20)
+    references = {v["variant"]: v["reference"] for v in summary["variants"]["hand"]}
+    assert references == {"mask_fcos (time budget)": "faster (time budget)"}
+
+
 @pytest.mark.parametrize(
     "difference, factor, expected",
     [
