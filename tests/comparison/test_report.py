@@ -205,10 +205,20 @@ def test_a_run_trained_for_the_judged_models_schedule_time_meets_its_schedule_ru
     runs = tmp_path / "runs"
     rcnn = "GeneralizedRCNN"
     write_run(runs, "mask", rcnn, "iterations", 0, [(20, 100.0, truth)])
-    write_run(runs, "faster", rcnn, "time budget", 0, [(30, 100.0, truth[::2])], 100.0,
-              budget_from="mask")
-    write_run(runs, "mask_fcos", rcnn, "time budget", 0, [(21, 100.0, truth)], 100.0,
-              budget_from="mask", proposal_generator="FCOS")
+    write_run(
+        runs, "faster", rcnn, "time budget", 0, [(30, 100.0, truth[::2])], 100.0, budget_from="mask"
+    )
+    write_run(
+        runs,
+        "mask_fcos",
+        rcnn,
+        "time budget",
+        0,
+        [(21, 100.0, truth)],
+        100.0,
+        budget_from="mask",
+        proposal_generator="FCOS",
+    )
     summary = write_report(str(runs), str(tmp_path / "report"), num_resamples=20)
     variants = {v["variant"]: v for v in summary["variants"]["hand"]}
     assert {name: v["reference"] for name, v in variants.items()} == {
@@ -225,8 +235,16 @@ def test_a_run_trained_for_the_judged_models_schedule_time_meets_its_schedule_ru
     fixed = tmp_path / "fixed"
     write_run(fixed, "mask", rcnn, "iterations", 0, [(20, 100.0, truth)])
     write_run(fixed, "faster", rcnn, "time budget", 0, [(30, 60.0, truth[::2])], 60.0)
-    write_run(fixed, "mask_fcos", rcnn, "time budget", 0, [(21, 60.0, truth)], 60.0,
-              proposal_generator="FCOS")
+    write_run(
+        fixed,
+        "mask_fcos",
+        rcnn,
+        "time budget",
+        0,
+        [(21, 60.0, truth)],
+        60.0,
+        proposal_generator="FCOS",
+    )
     summary = write_report(str(fixed), str(tmp_path / "fixed_report"), num_resamples=20)
     references = {v["variant"]: v["reference"] for v in summary["variants"]["hand"]}
     assert references == {"mask_fcos (time budget)": "faster (time budget)"}
