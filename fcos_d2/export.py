@@ -22,7 +22,8 @@ from .modeling.meta_arch import FCOS
 from .modeling.postprocess import detect_single_image
 from .modeling.targets import make_location_grid
 
-# An exported program agrees with the eager model within these, after sorting by score.
+# An exported program agrees with the eager model within these, after sorting by score
+# (near-ties, within SCORE_TOLERANCE, paired by box: see compare_detections).
 SCORE_TOLERANCE = 1e-4
 BOX_TOLERANCE = 1e-2  # input pixels
 
@@ -195,11 +196,41 @@ def _score_order(boxes: Tensor, scores: Tensor, classes: Tensor) -> Tensor:
     return order[scores[order].argsort(descending=True, stable=True)]
 
 
+def _pair_near_ties(
+    expected: Tuple[Tensor, Tensor, Tensor], actual: Tuple[Tensor, Tensor, Tensor], tie: float
+) -> Tensor:
+    """For two score-sorted sets of D detections, the index (D,) into ``actual`` of each
+    ``expected`` detection's partner.
+
+    Rank pairs with rank, except among near-ties: detections of one class whose scores are
+    within ``tie`` of each other can swap places through rounding alone (a float32 kernel
+    against another), so those pair with each other by closest box, closest first, one to
+    one. Detections left without such a partner pair by rank, as before.
+    """
+    (boxes_a, scores_a, classes_a), (boxes_b, scores_b, classes_b) = expected, actual
+    count = len(scores_a)
+    box_distance = (boxes_a[:, None, :] - boxes_b[None, :, :]).abs().amax(dim=2)  # (D, D)
+    tied = (scores_a[:, None] - scores_b[None, :]).abs() <= tie
+    tied &= classes_a[:, None] == classes_b[None, :]
+    candidates = tied.nonzero()  # (P, 2): (expected index, actual index)
+    by_distance = box_distance[candidates[:, 0], candidates[:, 1]].argsort(stable=True)
+    partner = torch.full((count,), -1, dtype=torch.long)
+    taken = torch.zeros(count, dtype=torch.bool)
+    for i, j in candidates[by_distance].tolist():
+        if partner[i] < 0 and not taken[j]:
+            partner[i], taken[j] = j, True
+    unpaired = partner < 0
+    partner[unpaired] = (~taken).nonzero()[:, 0]  # the rest, in rank order
+    return partner
+
+
 def compare_detections(expected: Tuple, actual: Tuple) -> DetectionsDifference:
     """Compare two (boxes (D, 4), scores (D,), classes (D,)), tensors or numpy arrays.
 
-    Both are sorted by decreasing score (equal scores by class, then box) before they
-    are compared pairwise.
+    Both are sorted by decreasing score (equal scores by class, then box) and compared
+    pairwise, rank with rank; detections whose scores are within ``SCORE_TOLERANCE`` of
+    each other pair by class and box instead (``_pair_near_ties``), since rounding can swap
+    their order.
     """
     expected, actual = [
         [torch.as_tensor(x).detach().cpu() for x in detections] for detections in (expected, actual)
@@ -208,16 +239,19 @@ def compare_detections(expected: Tuple, actual: Tuple) -> DetectionsDifference:
     if counts[0] != counts[1] or counts[0] == 0:
         nan = float("nan")
         return DetectionsDifference(*counts, nan, nan, counts[0] == counts[1])
-    (boxes_a, scores_a, classes_a), (boxes_b, scores_b, classes_b) = [
-        (boxes[order], scores[order], classes[order])
+    sorted_a, sorted_b = [
+        (boxes[order].double(), scores[order].double(), classes[order].long())
         for boxes, scores, classes in (expected, actual)
         for order in [_score_order(boxes, scores, classes)]
     ]
+    partner = _pair_near_ties(sorted_a, sorted_b, SCORE_TOLERANCE)
+    (boxes_a, scores_a, classes_a) = sorted_a
+    (boxes_b, scores_b, classes_b) = (x[partner] for x in sorted_b)
     return DetectionsDifference(
         *counts,
-        max_score_difference=(scores_a.double() - scores_b.double()).abs().max().item(),
-        max_box_difference=(boxes_a.double() - boxes_b.double()).abs().max().item(),
-        same_classes=bool((classes_a.long() == classes_b.long()).all()),
+        max_score_difference=(scores_a - scores_b).abs().max().item(),
+        max_box_difference=(boxes_a - boxes_b).abs().max().item(),
+        same_classes=bool((classes_a == classes_b).all()),
     )
 
 

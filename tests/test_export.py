@@ -290,6 +290,24 @@ def test_tool_errors_name_the_file_at_fault(tmp_path, capsys):
     assert str(missing_weights) in capsys.readouterr().err
 
 
+def test_near_tied_scores_that_rounding_swaps_still_agree():
+    """Two detections of one class 1e-6 apart in score, far apart in box: a kernel whose
+    rounding puts them the other way round agrees (the failure seen on an AMD EPYC's
+    onnxruntime: 113 px "apart"); each detection still needs its own partner, and a
+    near-tie of another class, or one past the score tolerance, is not paired."""
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [50.0, 50.0, 80.0, 90.0], [5.0, 5.0, 9.0, 9.0]])
+    classes = torch.tensor([1, 1, 2])
+    expected = (boxes, torch.tensor([0.700001, 0.700000, 0.3]), classes)
+    rounded_otherwise = (boxes, torch.tensor([0.700000, 0.700001, 0.3]), classes)
+    assert compare_detections(expected, rounded_otherwise).agrees()
+    one_box_twice = (boxes[[0, 0, 2]], expected[1], classes)
+    assert not compare_detections(expected, one_box_twice).agrees()
+    other_class = (boxes, rounded_otherwise[1], torch.tensor([1, 3, 2]))
+    assert not compare_detections(expected, other_class).agrees()
+    apart = (boxes, torch.tensor([0.7, 0.7003, 0.3]), classes)  # 3x the score tolerance
+    assert not compare_detections(expected, apart).agrees()
+
+
 def test_comparison_of_detections_can_fail(eager):
     """Negative controls for ``compare_detections().agrees()``, on the eager detections: a box
     moved past the tolerance, a class swapped, an extra detection each make it fail."""
