@@ -6,6 +6,7 @@ that the learning curve uses counts training only: time spent evaluating is take
 """
 
 import json
+import logging
 import math
 import os
 import resource
@@ -26,11 +27,16 @@ from torch import nn
 
 from ..config import setup_cfg
 from ..engine import Trainer
-from . import timing
+from . import resume, timing
+from .resume import TrainingClock
 
 RUN_FILE = "run.json"
 PREDICTIONS_FILE = "coco_instances_results.json"
 MIN_BUDGET_ITERS = 30  # the fewest iterations a time-budget run trains
+# Iterations between resume checkpoints: at most about 10 min of Mask R-CNN lost to a stop on
+# a slow 2-core machine (2.8 s/iter); a checkpoint takes well under a second.
+CHECKPOINT_PERIOD = 200
+logger = logging.getLogger(__name__)
 
 
 class TimedModel(nn.Module):
@@ -130,32 +136,52 @@ class LearningCurveHook(HookBase):
     """Evaluates every ``period`` iterations and records AP against training seconds.
 
     Training seconds: wall time since training began, less the time spent in these
-    evaluations. The last iteration is left to the caller's final evaluation.
+    evaluations and in checkpoints (``clock``). The last iteration is left to the caller's
+    final evaluation. The points and the clock are part of the trainer's checkpoints, so a
+    resumed run (``resume``) goes on with its curve.
     """
 
-    def __init__(self, cfg: CfgNode, datasets: Sequence[str], period: int, run_dir: str):
+    def __init__(
+        self,
+        cfg: CfgNode,
+        datasets: Sequence[str],
+        period: int,
+        run_dir: str,
+        clock: Optional[TrainingClock] = None,
+    ):
         self.cfg = cfg
         self.datasets = list(datasets)
         self.period = period
         self.run_dir = run_dir
         self.points: List[dict] = []
-        self.evaluation_seconds = 0.0
-        self.start = None
+        self.clock = clock or TrainingClock()
+        self.peak_memory_before = 0.0  # MiB, of the processes before a resume
+
+    def state_dict(self) -> dict:
+        return {
+            "points": json.dumps(self.points),
+            "train_seconds": self.clock.seconds(),
+            "peak_memory_mb": max(peak_memory_mb(), self.peak_memory_before),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.points = json.loads(state["points"])
+        self.clock.seconds_before = state["train_seconds"]
+        self.peak_memory_before = state["peak_memory_mb"]
 
     def before_train(self):
-        self.start = time.perf_counter()
+        self.clock.begin()
 
     def training_seconds(self) -> float:
-        return time.perf_counter() - self.start - self.evaluation_seconds
+        return self.clock.seconds()
 
     def after_step(self):
         iteration = self.trainer.iter + 1
         if self.period <= 0 or iteration % self.period or iteration >= self.trainer.max_iter:
             return
         seconds = self.training_seconds()
-        began = time.perf_counter()
-        self.points.append(self.evaluate_all(iteration, seconds, with_masks=False))
-        self.evaluation_seconds += time.perf_counter() - began
+        with self.clock.paused():
+            self.points.append(self.evaluate_all(iteration, seconds, with_masks=False))
 
     def evaluate_all(self, iteration: int, seconds: float, with_masks: bool) -> dict:
         point = {"iteration": iteration, "train_seconds": seconds, "datasets": {}}
@@ -237,8 +263,13 @@ def train_and_evaluate(
     name: Optional[str] = None,
     seconds_per_iteration: Optional[float] = None,
     budget_from: Optional[str] = None,
+    schedule_multiple: Optional[float] = None,
+    checkpoint_period: int = CHECKPOINT_PERIOD,
 ) -> Dict:
     """Train a model, evaluate it along the way and at the end, write ``run.json``.
+
+    A run directory that holds a resume checkpoint of the same run (``resume``) is resumed
+    from it; the checkpoints go once run.json is written (``model_final.pth`` stays).
 
     Args:
         config_file, opts: the model's config and KEY VALUE overrides.
@@ -252,6 +283,10 @@ def train_and_evaluate(
             the comparison's clock (``timing``), which sets the iterations that fit; without
             it, ``timing.TIMED_ITERATIONS`` iterations are timed first.
         budget_from: the model whose schedule set the budget (recorded in run.json).
+        schedule_multiple: for a schedule run, its length as a multiple of the comparison's
+            base schedule (``opts`` already hold the stretched schedule); recorded.
+        checkpoint_period: iterations between resume checkpoints (also written after each
+            evaluation along the way).
     """
     os.makedirs(run_dir, exist_ok=True)
     base_opts = [
@@ -266,23 +301,33 @@ def train_and_evaluate(
         "1000000",
     ]
     cfg = setup_cfg(config_file, [*base_opts, "OUTPUT_DIR", run_dir])
+    identity = {"config": config_file, "opts": base_opts, "budget_seconds": budget_seconds}
+    recorded = resume.read_identity(run_dir)
     calibrated = None
     if budget_seconds is not None:
         calibrated = seconds_per_iteration
+        if recorded and recorded.get("budget_seconds") == budget_seconds:
+            calibrated = recorded["calibrated_s_per_iter"]  # resumed: the same iterations
         if calibrated is None:
             seed_all_rng(seed)
             calibrated = calibrate_seconds_per_iteration(config_file, base_opts, run_dir)
         max_iter = max(MIN_BUDGET_ITERS, int(budget_seconds / calibrated))
         schedule_opts = scaled_schedule_opts(cfg, max_iter)
         cfg = setup_cfg(config_file, [*base_opts, *schedule_opts, "OUTPUT_DIR", run_dir])
+    identity.update(max_iter=cfg.SOLVER.MAX_ITER, calibrated_s_per_iter=calibrated)
+    resumable = resume.check_identity(run_dir, identity)
     eval_period = evaluation_period(cfg.SOLVER.MAX_ITER, num_evaluations)
 
     probe_before = machine_speed_probe()
     seed_all_rng(seed)
     trainer = Trainer(cfg)
-    curve = LearningCurveHook(cfg, datasets, eval_period, run_dir)
-    trainer.register_hooks([curve])
-    trainer.resume_or_load(resume=False)
+    clock = resume.TrainingClock()
+    curve = LearningCurveHook(cfg, datasets, eval_period, run_dir, clock)
+    checkpoints = resume.ResumeCheckpointer(checkpoint_period, eval_period, clock)
+    trainer.register_hooks([curve, checkpoints])
+    trainer.resume_or_load(resume=resumable)
+    if trainer.start_iter:
+        logger.info(f"Resuming {run_dir} at iteration {trainer.start_iter}")
     trainer.train()
     train_seconds = curve.training_seconds()
     probe_after = machine_speed_probe()
@@ -300,6 +345,7 @@ def train_and_evaluate(
         "meta_architecture": cfg.MODEL.META_ARCHITECTURE,
         "seed": seed,
         "schedule": "time budget" if budget_seconds is not None else "iterations",
+        "schedule_multiple": None if budget_seconds is not None else (schedule_multiple or 1),
         "budget_seconds": budget_seconds,
         "budget_from": budget_from,
         "calibrated_s_per_iter": calibrated,
@@ -314,8 +360,9 @@ def train_and_evaluate(
         "train_seconds": train_seconds,
         "train_s_per_iter": _median_iteration_seconds(os.path.join(run_dir, "metrics.json")),
         "infer_s_per_image": {d: r["infer_s_per_image"] for d, r in final["datasets"].items()},
-        "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_mb": max(peak_memory_mb(), curve.peak_memory_before),
         "speed_probe_seconds": {"before": probe_before, "after": probe_after},
+        "resumed_at": checkpoints.resumed_at,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "device": cfg.MODEL.DEVICE,
         "ground_truth": {d: MetadataCatalog.get(d).json_file for d in datasets},
@@ -326,4 +373,5 @@ def train_and_evaluate(
         run["proposals"] = proposals
     with open(os.path.join(run_dir, RUN_FILE), "w") as f:
         json.dump(run, f, indent=1)
+    resume.remove_resume_checkpoints(run_dir)
     return run
