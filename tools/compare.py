@@ -145,6 +145,7 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seconds-per-iter", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--budget-model", help=argparse.SUPPRESS)
+    parser.add_argument("--schedule-multiple", type=float, help=argparse.SUPPRESS)
     parser.add_argument(
         "opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs for every model"
     )
@@ -343,6 +344,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             budget_seconds=float(budget) or None,
             seconds_per_iteration=args.seconds_per_iter,
             budget_from=args.budget_model,
+            schedule_multiple=args.schedule_multiple,
         )
         return 0
 

@@ -112,8 +112,9 @@ def test_a_run_stopped_and_resumed_ends_with_the_weights_of_one_never_stopped(
     resumed = _train(config, tmp_path / "stopped", tiny_sets, workers)
     assert resumed["resumed_at"] == [STOP_AT]
     assert whole["resumed_at"] == []
-    weights, resumed_weights = _final_weights(tmp_path / "whole"), _final_weights(
-        tmp_path / "stopped"
+    weights, resumed_weights = (
+        _final_weights(tmp_path / "whole"),
+        _final_weights(tmp_path / "stopped"),
     )
     assert weights.keys() == resumed_weights.keys()
     different = [k for k in weights if not torch.equal(weights[k], resumed_weights[k])]
