@@ -3,17 +3,21 @@
 
     python tools/compare.py --quick          # FCOS vs Mask R-CNN, short (meant for < 15 min)
     python tools/compare.py --full           # FCOS, Mask R-CNN, Faster R-CNN; 2 seeds; equal
-                                             # iterations and equal time; hours on CPU
+                                             # iterations, equal time, and 2x and 4x the
+                                             # schedule (at convergence); many hours on CPU
     python tools/compare.py --config-file A.yaml --config-file B.yaml --seeds 3 \
         --datasets shapes_val shapes_crowd_val --budget-minutes 30 --output output/compare
     python tools/compare.py --full --fcos-proposals   # + Mask R-CNN with FCOS proposals
+    python tools/compare.py --full --schedules 1 2 4 8   # each model up to 8x its schedule
     python tools/compare.py --report-only --output output/compare_full
     python tools/compare.py --report-only --archive results/compare_full \
         --output output/compare_full     # the committed report, rebuilt on a fresh clone
 
 Each training run happens in its own process (its own peak memory) and leaves a run
 directory with run.json and its COCO predictions at every evaluation; a run directory
-that already holds run.json is kept, so an interrupted comparison resumes where it was.
+that already holds run.json is kept, and one that holds a resume checkpoint (written every
+200 iterations and after each evaluation) goes on from it, so an interrupted comparison
+resumes where it was, the interrupted run included.
 The report (report.md, plots, report.json) is computed from those files alone. R-CNN
 runs also record their proposals' recall (AR@100, AR@1000); a kept R-CNN run from before
 that was recorded gets it evaluated from its model_final.pth.
@@ -44,16 +48,17 @@ FCOS_PROPOSALS_CONFIG = str(CONFIGS / "baselines" / "mask_rcnn_FCOS_RPN_R_18_sha
 # Normal and crowded scenes mixed for training; both kinds evaluated apart.
 TRAIN_DATASETS = '("shapes_train", "shapes_crowd_train")'
 VAL_DATASETS = ["shapes_val", "shapes_crowd_val"]
-# --quick: 240 of the shapes schedule's 1500 iterations (LR steps at the same 75% / 92%), one
-# seed, no time-budget runs. 300 took 15.3 min on a 2-core EPYC of medium speed, Mask R-CNN's
-# training and evaluations 10.5 of them. The warm-up keeps its 150 iterations: Mask R-CNN from
+# --quick: 120 of the shapes schedule's 1500 iterations (LR steps at the same 75% / 92%), one
+# seed, no time-budget runs, and FCOS again at twice that (the 'at convergence' path). With
+# 240 iterations of both models (no 2x) it took 13.7 min on a 2-core EPYC of medium speed,
+# Mask R-CNN's training and evaluations most of it. Warm-up 100 iterations: Mask R-CNN from
 # scratch diverged (NaN at iteration 40) after 30.
 # The clock: two rounds of 30 timed iterations per model after 10 untimed; --quick: one of 15.
 TIMING = {
     False: {"rounds": 2, "warmup": timing.WARMUP_ITERATIONS, "timed": timing.TIMED_ITERATIONS},
     True: {"rounds": 1, "warmup": 5, "timed": 15},
 }
-QUICK_OPTS = ["SOLVER.MAX_ITER", "240", "SOLVER.STEPS", "(180, 221)", "SOLVER.WARMUP_ITERS", "150"]
+QUICK_OPTS = ["SOLVER.MAX_ITER", "120", "SOLVER.STEPS", "(90, 110)", "SOLVER.WARMUP_ITERS", "100"]
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -66,8 +71,8 @@ def argument_parser() -> argparse.ArgumentParser:
     mode.add_argument(
         "--quick",
         action="store_true",
-        help="FCOS and Mask R-CNN on shapes, 240 iterations, one seed, two evaluations, "
-        "200 resamples, no time-budget runs: the same code, in minutes",
+        help="FCOS and Mask R-CNN on shapes, 120 iterations (FCOS also 240), one seed, two "
+        "evaluations, 200 resamples, no time-budget runs: the same code, in minutes",
     )
     mode.add_argument(
         "--full",
@@ -96,6 +101,15 @@ def argument_parser() -> argparse.ArgumentParser:
         "R-CNN by name); the others are reported as variants against them",
     )
     parser.add_argument("--seeds", type=int, help="training runs per model (default 1; --full 2)")
+    parser.add_argument(
+        "--schedules",
+        type=float,
+        nargs="+",
+        metavar="K",
+        help="also train every model at K times its schedule (LR steps at the same fractions), "
+        "to find where each stops improving: the report's 'at convergence' budget (default "
+        "1; --full 1 2 4; --quick 1 2, FCOS alone)",
+    )
     parser.add_argument("--datasets", nargs="+", help=f"validation sets (default {VAL_DATASETS})")
     parser.add_argument(
         "--train-datasets",
@@ -152,8 +166,11 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_directory(output: str, config: str, seed: int, budget: bool) -> str:
+def run_directory(output: str, config: str, seed: int, budget: bool, multiple: float = 1) -> str:
+    """output/runs/{config stem}__{iterations | iterations_x{multiple} | time_budget}__seed{N}."""
     schedule = "time_budget" if budget else "iterations"
+    if not budget and multiple != 1:
+        schedule += f"_x{multiple:g}"
     return os.path.join(output, "runs", f"{Path(config).stem}__{schedule}__seed{seed}")
 
 
@@ -165,11 +182,15 @@ def run_in_subprocess(
     budget_seconds: Optional[float],
     seconds_per_iter: Optional[float] = None,
     budget_model: Optional[str] = None,
+    multiple: float = 1,
 ) -> dict:
-    """Train and evaluate one model in its own process, unless its run.json exists.
+    """Train and evaluate one model in its own process, unless its run.json exists; a run
+    directory with a resume checkpoint of the same run goes on from it.
 
     ``budget_model``: the model whose schedule set ``budget_seconds`` (recorded); without
-    it the budget is a fixed one (--budget-minutes), which a kept run must share."""
+    it the budget is a fixed one (--budget-minutes), which a kept run must share.
+    ``multiple``: the schedule's length as a multiple of the comparison's (LR steps at
+    the same fractions; see ``runner.scaled_schedule_opts``)."""
     run_file = os.path.join(run_dir, runner.RUN_FILE)
     if os.path.isfile(run_file):
         with open(run_file) as f:
@@ -197,6 +218,7 @@ def run_in_subprocess(
             str(budget_seconds or 0),
             *(["--seconds-per-iter", str(seconds_per_iter)] if seconds_per_iter else []),
             *(["--budget-model", budget_model] if budget_model else []),
+            *(["--schedule-multiple", f"{multiple:g}"] if multiple != 1 else []),
             "--datasets",
             *args.datasets,
             "--evaluations",
@@ -204,6 +226,7 @@ def run_in_subprocess(
             "--train-datasets",
             args.train_datasets,
             *args.opts,
+            *(stretched_schedule_opts(args, config, multiple) if multiple != 1 else []),
         ]
         print("Running:", " ".join(command), flush=True)
         if subprocess.run(command).returncode != 0:
@@ -270,15 +293,34 @@ def schedule_iterations(args, config: str) -> int:
     return setup_cfg(config, training_opts(args)).SOLVER.MAX_ITER
 
 
+def stretched_schedule_opts(args, config: str, multiple: float) -> List[str]:
+    """KEY VALUE pairs for ``multiple`` times ``config``'s schedule (with the comparison's
+    KEY VALUE pairs): the LR steps at the same fractions, the warm-up as long."""
+    cfg = setup_cfg(config, training_opts(args))
+    return runner.scaled_schedule_opts(cfg, round(cfg.SOLVER.MAX_ITER * multiple))
+
+
+def longer_schedules(args, config: str) -> List[float]:
+    """The multiples of the schedule, beyond 1×, that ``config`` trains (--schedules; with
+    --quick, the judged FCOS alone)."""
+    only = getattr(args, "longer_schedules_for", None)
+    if only is not None and config not in only:
+        return []
+    return sorted(m for m in set(args.schedules or [1]) if m != 1)
+
+
 def plan_and_run(args, configs: List[str]) -> None:
     """Time every model, train each at its schedule and, with a budget, the others for that
-    long on the comparison's clock.
+    long on the comparison's clock; then the longer schedules (--schedules).
 
     The judged pair (the first two models) goes first, seed by seed, schedule and budget
     runs together, so that an interrupted comparison has the runs that matter most. The
     other models follow: their schedule runs for every seed, then their budget runs.
     A budget from a model (--budget-from) is its schedule's iterations at its timed speed;
     the models trained for it get the iterations that fit at their own timed speeds.
+    The longer schedules come last, shortest first, seed by seed, every model in turn: a
+    plateau is decided between a schedule and its double, so each doubling completes the
+    question for one more schedule.
     """
     clock = ensure_timing(args, configs)
     budget_from = args.budget_from
@@ -291,8 +333,10 @@ def plan_and_run(args, configs: List[str]) -> None:
     else:
         budget = 60 * args.budget_minutes if args.budget_minutes else None
 
-    def run(config: str, seed: int, budget_seconds: Optional[float] = None) -> dict:
-        run_dir = run_directory(args.output, config, seed, budget_seconds is not None)
+    def run(
+        config: str, seed: int, budget_seconds: Optional[float] = None, multiple: float = 1
+    ) -> dict:
+        run_dir = run_directory(args.output, config, seed, budget_seconds is not None, multiple)
         if not os.path.isfile(os.path.join(run_dir, runner.RUN_FILE)):
             wait_while_held(args.hold_file)
         pace = timing.seconds_per_iteration(clock, timing.model_name(config))
@@ -304,6 +348,7 @@ def plan_and_run(args, configs: List[str]) -> None:
             budget_seconds,
             pace if budget_seconds else None,
             budget_model if budget_seconds else None,
+            multiple=multiple,
         )
         archived = args.archive and os.path.join(args.archive, os.path.basename(run_dir))
         if archived and not os.path.isfile(os.path.join(archived, runner.RUN_FILE)):
@@ -325,6 +370,11 @@ def plan_and_run(args, configs: List[str]) -> None:
             run(config, seed)
     for seed in range(args.seeds):
         budget_runs(others, seed)
+    for multiple in sorted({m for c in configs for m in longer_schedules(args, c)}):
+        for seed in range(args.seeds):
+            for config in configs:
+                if multiple in longer_schedules(args, config):
+                    run(config, seed, multiple=multiple)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -360,6 +410,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.fcos_proposals:
         configs = [*configs, FCOS_PROPOSALS_CONFIG]
     args.seeds = args.seeds or (2 if args.full else 1)
+    args.schedules = args.schedules or ([1, 2, 4] if args.full else [1, 2] if args.quick else [1])
+    args.longer_schedules_for = configs[:1] if args.quick else None
+    bad_multiples = [k for k in args.schedules if not (k >= 1 and k * 4 == int(k * 4))]
+    if bad_multiples:
+        raise SystemExit(f"--schedules {bad_multiples[0]:g}: a multiple is 1 or more, in quarters")
     args.resamples = args.resamples or (200 if args.quick else 1000)
     args.output = args.output or ("output/compare_full" if args.full else "output/compare")
     if args.budget_from and args.budget_minutes:

@@ -1,6 +1,7 @@
 """tools/compare.py end to end (tiny runs, a time budget) and its plan of runs."""
 
 import json
+import os
 
 import pytest
 
@@ -145,7 +146,9 @@ def test_time_budget_is_the_named_models_schedule_on_the_clock(monkeypatch, tmp_
 
     calls = []
 
-    def fake_run(args, config, run_dir, seed, budget_seconds, pace=None, budget_model=None):
+    def fake_run(
+        args, config, run_dir, seed, budget_seconds, pace=None, budget_model=None, multiple=1
+    ):
         calls.append((config, seed, budget_seconds, pace, budget_model))
         return {"train_seconds": 100.0 + seed}
 
@@ -177,7 +180,7 @@ def test_timing_is_kept_when_it_times_every_model_and_redone_for_all_when_not(
     a later comparison with a model it lacks times every model again, back-to-back."""
     import compare
 
-    monkeypatch.setattr(compare, "run_in_subprocess", lambda *a: {"train_seconds": 1.0})
+    monkeypatch.setattr(compare, "run_in_subprocess", lambda *a, **k: {"train_seconds": 1.0})
     monkeypatch.setattr(compare.archive, "pack_run", lambda run_dir, archive_dir: None)
     measured = []
     paces = {"fcos.yaml": 0.25, "mask.yaml": 1.5, "faster.yaml": 1.0}
@@ -223,7 +226,7 @@ def test_each_run_waits_while_the_hold_file_exists(monkeypatch, tmp_path):
             hold.unlink()
 
     monkeypatch.setattr(compare.time, "sleep", sleep)
-    monkeypatch.setattr(compare, "run_in_subprocess", lambda *a: {"train_seconds": 1.0})
+    monkeypatch.setattr(compare, "run_in_subprocess", lambda *a, **k: {"train_seconds": 1.0})
     fake_clock(monkeypatch, compare, {"fcos.yaml": 0.25, "mask.yaml": 1.5})
     args = compare.argument_parser().parse_args(
         ["--output", str(tmp_path), "--hold-file", str(hold), "--seeds", "1"]
@@ -239,3 +242,64 @@ def test_a_broken_timing_file_stops_the_comparison_with_its_name(tmp_path):
     args = compare.argument_parser().parse_args(["--output", str(tmp_path)])
     with pytest.raises(SystemExit, match=r"timing.json: .*delete it to time the models again"):
         compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
+
+
+def test_longer_schedules_train_last_shortest_first_in_their_own_run_directories(
+    monkeypatch, tmp_path
+):
+    """--schedules 1 2 4: after the 1x runs, every model at 2x for each seed, then at 4x;
+    each run directory names its multiple, and the subprocess gets the stretched schedule."""
+    import compare
+
+    calls = []
+
+    def fake_run(args, config, run_dir, seed, budget_seconds, pace=None, model=None, multiple=1):
+        calls.append((os.path.basename(run_dir), multiple))
+        return {"train_seconds": 1.0}
+
+    monkeypatch.setattr(compare, "run_in_subprocess", fake_run)
+    fake_clock(monkeypatch, compare, {"fcos.yaml": 0.25, "mask.yaml": 1.5})
+    argv = ["--seeds", "2", "--schedules", "1", "2", "4", "--output", str(tmp_path)]
+    args = compare.argument_parser().parse_args(argv)
+    compare.plan_and_run(args, ["fcos.yaml", "mask.yaml"])
+    assert calls[4:] == [
+        ("fcos__iterations_x2__seed0", 2),
+        ("mask__iterations_x2__seed0", 2),
+        ("fcos__iterations_x2__seed1", 2),
+        ("mask__iterations_x2__seed1", 2),
+        ("fcos__iterations_x4__seed0", 4),
+        ("mask__iterations_x4__seed0", 4),
+        ("fcos__iterations_x4__seed1", 4),
+        ("mask__iterations_x4__seed1", 4),
+    ]
+    assert sorted(calls[:4]) == [
+        (f"{m}__iterations__seed{s}", 1) for m in ("fcos", "mask") for s in (0, 1)
+    ]
+
+    # --quick: the judged FCOS alone gets twice its schedule.
+    args.longer_schedules_for = ["fcos.yaml"]
+    assert compare.longer_schedules(args, "fcos.yaml") == [2, 4]
+    assert compare.longer_schedules(args, "mask.yaml") == []
+
+
+def test_a_stretched_schedule_for_the_subprocess_keeps_the_step_fractions():
+    import compare
+    from conftest import CONFIGS
+
+    args = compare.argument_parser().parse_args(["SOLVER.MAX_ITER", "1500"])
+    opts = compare.stretched_schedule_opts(
+        args, str(CONFIGS / "shapes" / "FCOS_R_18_shapes_cpu.yaml"), 4
+    )
+    assert dict(zip(opts[0::2], opts[1::2])) == {
+        "SOLVER.MAX_ITER": "6000",
+        "SOLVER.STEPS": "(4500, 5520)",
+        "SOLVER.WARMUP_ITERS": "150",
+    }
+
+
+@pytest.mark.parametrize("multiples", [["0.5"], ["1", "1.3"]])
+def test_a_schedule_multiple_below_one_or_not_in_quarters_is_refused(multiples):
+    import compare
+
+    with pytest.raises(SystemExit, match=f"--schedules {multiples[-1]}"):
+        compare.main(["--quick", "--schedules", *multiples, "--output", "/nonexistent"])
