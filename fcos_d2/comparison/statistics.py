@@ -40,11 +40,14 @@ class Series:
     meta_architecture: str
     schedule: str  # "iterations" or "time budget"
     runs: List[dict]  # run.json of each seed
+    # "iterations": the schedule's length as a multiple of the comparison's (1, 2, 4 ...).
+    multiple: float = 1.0
     groups: Dict[str, List[MatchTable]] = field(default_factory=dict)  # final, per seed
     curves: List[List[Tuple[float, MatchTable]]] = field(default_factory=list)  # per seed
     point: Dict[str, Dict[str, float]] = field(default_factory=dict)
     per_seed: Dict[str, Dict[str, List[float]]] = field(default_factory=dict)
     replicates: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)
+    seed_replicates: Dict[str, Dict[str, np.ndarray]] = field(default_factory=dict)  # (S, B)
     seed_draws: Optional[np.ndarray] = None  # (B, S)
     curve_ap: List[Tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per seed
     # The comparison's clock (``timing``): seconds per training iteration, None without one.
@@ -52,7 +55,13 @@ class Series:
 
     @property
     def label(self) -> str:
+        if self.multiple != 1:
+            return f"{self.name} ({self.schedule} ×{self.multiple:g})"
         return f"{self.name} ({self.schedule})"
+
+    @property
+    def seeds(self) -> List[int]:
+        return [r["seed"] for r in self.runs]
 
     def run_mean(self, key: str) -> Optional[float]:
         values = [r[key] for r in self.runs if r.get(key) is not None]
@@ -96,8 +105,9 @@ def evaluate_series(
         series.per_seed[group] = {m: [s[m] for s in per_seed] for m in METRICS}
         series.point[group] = {m: float(np.mean(series.per_seed[group][m])) for m in METRICS}
         replicates = [t.replicate_metrics(image_weights) for t in tables]  # per seed: (B,) each
+        series.seed_replicates[group] = {m: np.array([r[m] for r in replicates]) for m in METRICS}
         series.replicates[group] = {
-            m: pool_seeds(np.array([r[m] for r in replicates]), seed_draws) for m in METRICS
+            m: pool_seeds(series.seed_replicates[group][m], seed_draws) for m in METRICS
         }
     gt_all = ground_truth[ALL]
     series.curves = [
@@ -211,6 +221,27 @@ def difference_estimate(a: Series, b: Series, group: str, metric: str) -> Estima
     )
 
 
+def paired_seed_difference(
+    a: Series, b: Series, group: str, metric: str, seed_draws: np.ndarray
+) -> Estimate:
+    """a − b over the seeds both have, paired over images and over seeds: each replicate
+    draws the common seeds (``seed_draws``, (B, S) indices into them) and averages a's
+    minus b's metric of each drawn seed on the drawn images. For two schedules of one model,
+    where seed s of both starts from the same weights and data order."""
+    common = [s for s in a.seeds if s in b.seeds]
+    if not common:
+        raise ValueError(f"{a.label} and {b.label} have no seed in common")
+    rows_a = [a.seeds.index(s) for s in common]
+    rows_b = [b.seeds.index(s) for s in common]
+    per_seed = [
+        a.per_seed[group][metric][i] - b.per_seed[group][metric][j] for i, j in zip(rows_a, rows_b)
+    ]
+    values = (
+        a.seed_replicates[group][metric][rows_a] - b.seed_replicates[group][metric][rows_b]
+    )  # (S, B)
+    return Estimate.of(float(np.mean(per_seed)), pool_seeds(values, seed_draws), per_seed)
+
+
 def drop_estimate(series: Series, metric: str, clear: str, crowded: str) -> Estimate:
     """How much ``metric`` falls from the ``clear`` group to the ``crowded`` group."""
     return Estimate.of(
@@ -228,3 +259,19 @@ def drop_difference_estimate(
         b.replicates[clear][metric] - b.replicates[crowded][metric]
     )
     return Estimate.of(drop_a.value - drop_b.value, replicates)
+
+
+def mean_curve(series: Series) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The series' learning curve over its seeds: (C,) training seconds, mean box AP, and
+    the 95% interval's low and high ends at each evaluation (images and seeds resampled,
+    as every interval here). Seeds with more evaluations than the others are cut to the
+    fewest."""
+    points = min(len(seconds) for seconds, _ in series.curve_ap)
+    seconds = np.mean([s[:points] for s, _ in series.curve_ap], axis=0)
+    ap = np.stack([a[:points] for _, a in series.curve_ap])  # (S, C, 1 + B)
+    mean = ap[:, :, 0].mean(axis=0)
+    bands = [
+        percentile_interval(pool_seeds(ap[:, c, 1:], series.seed_draws)) for c in range(points)
+    ]
+    low, high = (np.array(side) for side in zip(*bands))
+    return seconds, mean, low, high

@@ -52,7 +52,7 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclu
 TIME_MARGIN = 0.05  # fraction of the baseline's time to the target AP
 METRIC_MARGIN = 1.0  # AP / recall points
 TIME_TARGET_FRACTION = 0.9
-MIN_GROUP_BOXES = 20  # ground-truth boxes a group needs to be judged
+MIN_GROUP_BOXES = 30  # ground-truth boxes a group needs to be judged or given an interval
 CLEAR, CROWDED = "no overlap", "IoU > 0.3"
 
 CLAIMS = (
@@ -196,7 +196,8 @@ def judge_overlap(fcos: Series, baseline: Series, num_crowded: int, num_clear: i
             INCONCLUSIVE,
             None,
             METRIC_MARGIN,
-            f"too few boxes to judge ({num_crowded} overlap > 0.3, {num_clear} none)",
+            f"too few boxes to judge ({num_crowded} overlap > 0.3, {num_clear} none; "
+            f"{MIN_GROUP_BOXES} needed in each)",
         )
     difference = drop_difference_estimate(fcos, baseline, "R50", CLEAR, CROWDED)
     drops = {

@@ -1,5 +1,7 @@
 """Hand-made datasets and detections with known answers for the comparison's tests."""
 
+import json
+
 import numpy as np
 
 from fcos_d2.comparison import analysis, bootstrap
@@ -116,8 +118,8 @@ def make_series(name, meta_architecture, predictions_per_seed, dataset, weights,
     return series
 
 
-def crowded_case():
-    """20 images with one isolated box, 20 with two boxes overlapping at IoU 0.6."""
+def crowded_case(isolated=20):
+    """``isolated`` images with one isolated box, 20 with two boxes overlapping at IoU 0.6."""
     images, annotations = [], []
 
     def add(image_id, box):
@@ -132,13 +134,86 @@ def crowded_case():
             }
         )
 
-    for image_id in range(1, 41):
+    for image_id in range(1, isolated + 21):
         images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 100, "width": 100})
         add(image_id, [10, 10, 40, 40])
-        if image_id > 20:
+        if image_id > isolated:
             add(image_id, [20, 10, 40, 40])  # IoU with the first: 1200 / 2000 = 0.6
     return {
         "images": images,
         "annotations": annotations,
         "categories": [{"id": 1, "name": "thing"}],
     }
+
+
+def write_run(
+    root,
+    name,
+    meta_architecture,
+    schedule,
+    seed,
+    curve,
+    budget_seconds=None,
+    with_masks=False,
+    **extra,
+):
+    """A run directory as runner.train_and_evaluate leaves it (``extra``: more run.json keys;
+    ``schedule_multiple`` also names the directory, as compare.py does)."""
+    multiple = extra.get("schedule_multiple", 1)
+    suffix = f"_x{multiple:g}" if multiple != 1 else ""
+    run_dir = root / f"{name}__{schedule}{suffix}__seed{seed}"
+    points = []
+    for iteration, seconds, predictions in curve:
+        path = run_dir / "evals" / f"iter_{iteration:06d}" / "hand" / "coco_instances_results.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(predictions))
+        points.append(
+            {
+                "iteration": iteration,
+                "train_seconds": seconds,
+                "datasets": {
+                    "hand": {
+                        "predictions": str(path.relative_to(run_dir)),
+                        "bbox": {},
+                        **({"segm": {}} if with_masks else {}),
+                        "infer_s_per_image": 0.01,
+                    }
+                },
+            }
+        )
+    run = {
+        "name": name,
+        "meta_architecture": meta_architecture,
+        "schedule": schedule,
+        "seed": seed,
+        "budget_seconds": budget_seconds,
+        "max_iter": curve[-1][0],
+        "train_seconds": curve[-1][1],
+        "train_s_per_iter": 0.1,
+        "infer_s_per_image": {"hand": 0.01},
+        "peak_memory_mb": 100.0,
+        "ground_truth": {"hand": str(root.parent / "gt.json")},
+        "curve": points,
+        **extra,
+    }
+    (run_dir / "run.json").write_text(json.dumps(run))
+
+
+def box_polygon(box):
+    x, y, w, h = box
+    return [[x, y, x + w, y, x + w, y + h, x, y + h]]
+
+
+def with_box_masks(dataset):
+    """``dataset`` with each box's rectangle as its mask (for mask AP)."""
+    annotations = [{**a, "segmentation": box_polygon(a["bbox"])} for a in dataset["annotations"]]
+    return {**dataset, "annotations": annotations}
+
+
+def mask_detection(image_id, box, score, size=(100, 100)):
+    """A detection with its box's rectangle as an RLE mask, as Detectron2 writes it."""
+    from pycocotools import mask as mask_util
+
+    rle = mask_util.merge(mask_util.frPyObjects(box_polygon(box), *size))
+    segmentation = {"size": list(rle["size"]), "counts": rle["counts"].decode("ascii")}
+    return {**detection(image_id, box, score), "segmentation": segmentation}

@@ -3,52 +3,13 @@
 import json
 
 import pytest
-from comparison_cases import crowded_case, detection
+from comparison_cases import crowded_case, detection, write_run
 
 from fcos_d2.comparison.statistics import ALL
 from fcos_d2.comparison.verdicts import (
     INCONCLUSIVE,
     SUPPORTED,
 )
-
-
-def write_run(root, name, meta_architecture, schedule, seed, curve, budget_seconds=None, **extra):
-    """A run directory as runner.train_and_evaluate leaves it (``extra``: more run.json keys)."""
-    run_dir = root / f"{name}__{schedule}__seed{seed}"
-    points = []
-    for iteration, seconds, predictions in curve:
-        path = run_dir / "evals" / f"iter_{iteration:06d}" / "hand" / "coco_instances_results.json"
-        path.parent.mkdir(parents=True)
-        path.write_text(json.dumps(predictions))
-        points.append(
-            {
-                "iteration": iteration,
-                "train_seconds": seconds,
-                "datasets": {
-                    "hand": {
-                        "predictions": str(path.relative_to(run_dir)),
-                        "bbox": {},
-                        "infer_s_per_image": 0.01,
-                    }
-                },
-            }
-        )
-    run = {
-        "name": name,
-        "meta_architecture": meta_architecture,
-        "schedule": schedule,
-        "seed": seed,
-        "budget_seconds": budget_seconds,
-        "max_iter": curve[-1][0],
-        "train_seconds": curve[-1][1],
-        "train_s_per_iter": 0.1,
-        "infer_s_per_image": {"hand": 0.01},
-        "peak_memory_mb": 100.0,
-        "ground_truth": {"hand": str(root.parent / "gt.json")},
-        "curve": points,
-        **extra,
-    }
-    (run_dir / "run.json").write_text(json.dumps(run))
 
 
 def test_report_end_to_end_from_saved_runs(tmp_path):
@@ -85,7 +46,7 @@ def test_equal_time_pairs_the_baseline_budget_run_or_the_schedule_the_budget_cam
     """FCOS's budget is 90 s. An R-CNN whose schedule took 90 s set that budget and is met
     at its schedule; one whose schedule took 60 s is met only by its own budget runs, and
     with none it gets no equal-time verdicts."""
-    from fcos_d2.comparison.report import DatasetResults, group_series, load_runs, pairings
+    from fcos_d2.comparison.results import DatasetResults, group_series, load_runs, pairings
 
     dataset = crowded_case()
     (tmp_path / "gt.json").write_text(json.dumps(dataset))
@@ -114,13 +75,8 @@ def test_with_a_clock_training_time_is_iterations_times_each_models_timed_pace(t
     clocks (another machine, 45x slower for the budget run) are shown but not used. The
     budget run records the model its budget came from, so it meets Mask R-CNN's schedule
     though its budget (100 s on the clock) is not Mask R-CNN's wall-clock time."""
-    from fcos_d2.comparison.report import (
-        DatasetResults,
-        group_series,
-        load_runs,
-        pairings,
-        write_report,
-    )
+    from fcos_d2.comparison.report import write_report
+    from fcos_d2.comparison.results import DatasetResults, group_series, load_runs, pairings
 
     dataset = crowded_case()
     (tmp_path / "gt.json").write_text(json.dumps(dataset))
@@ -259,11 +215,11 @@ def test_a_run_trained_for_the_judged_models_schedule_time_meets_its_schedule_ru
     ],
 )
 def test_to_settle_text_says_why_an_inconclusive_verdict_is_open(difference, factor, expected):
-    from fcos_d2.comparison.report import _settle_text
+    from fcos_d2.comparison.tables import settle_text
 
     record = {"verdict": INCONCLUSIVE, "difference": difference, "data_to_settle": factor}
-    assert _settle_text(record).startswith(expected)
-    assert _settle_text({**record, "verdict": SUPPORTED}) == ""
+    assert settle_text(record).startswith(expected)
+    assert settle_text({**record, "verdict": SUPPORTED}) == ""
 
 
 def test_proposals_table_gives_mean_and_seed_spread_and_a_dash_for_absent_sizes():
@@ -272,7 +228,7 @@ def test_proposals_table_gives_mean_and_seed_spread_and_a_dash_for_absent_sizes(
     FCOS runs are left out."""
     from types import SimpleNamespace
 
-    from fcos_d2.comparison.report import PROPOSAL_COLUMNS, proposals_table
+    from fcos_d2.comparison.tables import PROPOSAL_COLUMNS, proposals_table
 
     def proposals(ar):
         return {"hand": {**{key: ar for key in PROPOSAL_COLUMNS}, "ARl@1000": float("nan")}}
@@ -300,8 +256,8 @@ def test_a_budget_run_that_overran_its_budget_is_flagged(train_seconds, flagged)
     """Without a clock: a 90-s budget allows 5% more (94.5 s); 100 s is flagged, +11%."""
     from types import SimpleNamespace
 
-    from fcos_d2.comparison.report import _overrun_notes
     from fcos_d2.comparison.statistics import Series
+    from fcos_d2.comparison.tables import overrun_notes
 
     run = {
         "seed": 0,
@@ -313,13 +269,13 @@ def test_a_budget_run_that_overran_its_budget_is_flagged(train_seconds, flagged)
     }
     series = Series("fcos", "FCOS", "time budget", [run])
     other = Series("fcos", "FCOS", "iterations", [{**run, "budget_seconds": None}])
-    notes = _overrun_notes(SimpleNamespace(series=[other, series]))
+    notes = overrun_notes(SimpleNamespace(series=[other, series]))
     assert bool(notes) == flagged
     if flagged:
         assert "fcos (time budget), seed 0: trained 1.7 min for a 1.5-min budget (+11%" in notes[2]
     # A budget sized on a clock this report was not given is not judged by its wall clock.
     run["budget_from"] = "mask"
-    assert not _overrun_notes(SimpleNamespace(series=[other, series]))
+    assert not overrun_notes(SimpleNamespace(series=[other, series]))
 
 
 @pytest.mark.parametrize("fcos_iterations, flagged", [(7298, True), (5625, False), (5400, False)])
@@ -330,8 +286,8 @@ def test_on_the_clock_a_budget_run_is_held_to_its_partners_clock_time(fcos_itera
     are within 5%."""
     from types import SimpleNamespace
 
-    from fcos_d2.comparison.report import _overrun_notes
     from fcos_d2.comparison.statistics import Series
+    from fcos_d2.comparison.tables import overrun_notes
 
     mask = {"seed": 0, "max_iter": 1500, "train_seconds": 1828.0, "budget_seconds": None}
     fcos = {
@@ -346,7 +302,7 @@ def test_on_the_clock_a_budget_run_is_held_to_its_partners_clock_time(fcos_itera
             Series("fcos", "FCOS", "time budget", [fcos], clock_s_per_iter=0.75),
         ]
     )
-    notes = _overrun_notes(results)
+    notes = overrun_notes(results)
     assert bool(notes) == flagged
     if flagged:
         assert notes[2] == (

@@ -40,14 +40,14 @@ def test_the_four_verdicts_on_a_constructed_case():
     """FCOS: misses the second box of every crowded pair and adds a false positive ranked
     first in every image; it reaches the common AP in a quarter of the baseline's time.
     The baseline finds every box, with nothing else."""
-    dataset = crowded_case()
+    dataset = crowded_case(isolated=30)  # 30 boxes: enough to judge the overlap claim
     truth = [detection(a["image_id"], a["bbox"], 0.9) for a in dataset["annotations"]]
     first_of_each_image = [
         d for i, d in enumerate(truth) if i == 0 or d["image_id"] != truth[i - 1]["image_id"]
     ]
-    spurious = [detection(i, [70, 70, 20, 20], 0.95) for i in range(1, 41)]
+    spurious = [detection(i, [70, 70, 20, 20], 0.95) for i in range(1, 51)]
     fcos_predictions = first_of_each_image + spurious
-    weights = bootstrap.image_weights(40, 300, seed=0)
+    weights = bootstrap.image_weights(50, 300, seed=0)
     fcos = make_series(
         "fcos",
         "FCOS",
@@ -68,15 +68,15 @@ def test_the_four_verdicts_on_a_constructed_case():
         g: sum(not a["iscrowd"] for a in d["annotations"])
         for g, d in group_datasets(dataset).items()
     }
-    assert groups[HEAVY] == 40 and groups[CLEAR] == 20
+    assert groups[HEAVY] == 40 and groups[CLEAR] == 30
 
     time, recall, precision, overlap = judge_claims(fcos, baseline, groups[HEAVY], groups[CLEAR])
     # Common AP: 90% of FCOS's. FCOS gets there within its first 30 s (before 60 s);
     # the baseline needs 120 + 120 * target / 100 s: FCOS saves over 80% of the time.
     assert time.verdict == SUPPORTED and time.difference.low > 0.8
-    # Recall at IoU 0.5: FCOS finds 40 of 60 boxes, the baseline all of them.
+    # Recall at IoU 0.5: FCOS finds 50 of 70 boxes, the baseline all of them.
     assert recall.verdict == NOT_SUPPORTED
-    assert recall.difference.value == pytest.approx(100 * 40 / 60 - 100)
+    assert recall.difference.value == pytest.approx(100 * 50 / 70 - 100)
     assert precision.verdict == SUPPORTED and baseline.point[ALL]["AP"] == pytest.approx(100.0)
     # Crowded boxes: FCOS finds half (recall drops 50 points), the baseline all.
     assert overlap.verdict == SUPPORTED and overlap.difference.value == pytest.approx(50.0)
@@ -116,7 +116,10 @@ def test_overlap_verdict_needs_enough_boxes():
     weights = bootstrap.image_weights(40, 50, seed=0)
     a = make_series("a", "FCOS", [truth], dataset, weights)
     b = make_series("b", "GeneralizedRCNN", [truth], dataset, weights)
-    assert judge_claims(a, b, num_crowded=19, num_clear=20)[3].verdict == INCONCLUSIVE
+    assert judge_claims(a, b, num_crowded=40, num_clear=29)[3].verdict == INCONCLUSIVE
+    assert judge_claims(a, b, num_crowded=29, num_clear=40)[3].verdict == INCONCLUSIVE
+    too_few = judge_claims(a, b, num_crowded=40, num_clear=29)[3]
+    assert too_few.difference is None and "30 needed" in too_few.evidence
 
 
 @pytest.mark.parametrize(
