@@ -81,6 +81,29 @@ def add_fcos_config(cfg: CN) -> None:
     # Detections kept per image after NMS.
     _C.MODEL.FCOS.DETECTIONS_PER_IMAGE = 100
 
+    # Beyond FCOS: its successors' fixes (fcos_d2/modeling/successors.py); the defaults are
+    # plain FCOS. What the quality branch learns (BCE): "ctrness" (the centerness of the
+    # target box, FCOS), "iou" (the IoU of the predicted box with its target, detached, as
+    # AdelaiDet's BOX_QUALITY iou) or "none" (no branch in the score: the class score alone).
+    _C.MODEL.FCOS.BOX_QUALITY = "ctrness"
+    # Sample selection: "fcos" (size ranges, centre sampling) or "atss" (ATSS, anchor-free: a
+    # square box of ATSS_ANCHOR_SCALE x stride per location, the ATSS_TOPK closest locations
+    # of each level as candidates, IoU threshold mean + std; size ranges are not used).
+    _C.MODEL.FCOS.ASSIGNER = "fcos"
+    _C.MODEL.FCOS.ATSS_ANCHOR_SCALE = 8.0
+    _C.MODEL.FCOS.ATSS_TOPK = 9
+    # Classification loss: "focal", or "quality_focal" (GFL: the positive's class target is
+    # its box's IoU; loss |y - sigmoid|^QFL_BETA x BCE). quality_focal makes the class score
+    # the quality estimate: it needs BOX_QUALITY "none" (a second quality would count twice).
+    _C.MODEL.FCOS.CLS_LOSS = "focal"
+    _C.MODEL.FCOS.QFL_BETA = 2.0
+    # NMS: "hard" (at NMS_THRESH_TEST) or "soft_gaussian" (Gaussian Soft-NMS within each
+    # class: scores decay by exp(-IoU^2 / SOFT_NMS_SIGMA); those under SOFT_NMS_MIN_SCORE go).
+    # Also used by TTA's merge and the FCOS proposal generator; export refuses soft_gaussian.
+    _C.MODEL.FCOS.NMS_TYPE = "hard"
+    _C.MODEL.FCOS.SOFT_NMS_SIGMA = 0.5
+    _C.MODEL.FCOS.SOFT_NMS_MIN_SCORE = 0.001
+
     # Speed (the same function, computed faster). Channels-last tensors in the backbone
     # and head, and frozen BatchNorm folded into the preceding conv of the ResNet.
     _C.MODEL.FCOS.CHANNELS_LAST = True

@@ -49,6 +49,13 @@ class FCOSExportModule(nn.Module):
             raise TypeError(
                 f"FCOSExportModule needs an fcos_d2 FCOS model, got {type(model).__name__}"
             )
+        if model.successors.nms_type != "hard":
+            # Soft-NMS picks boxes one at a time, as many as the data has: a loop whose
+            # length an exported graph cannot hold.
+            raise ValueError(
+                f"MODEL.FCOS.NMS_TYPE {model.successors.nms_type} does not export (its loop "
+                "runs once per detection kept); export with MODEL.FCOS.NMS_TYPE hard"
+            )
         self.model = model
 
     def preprocess(self, image: Tensor) -> Tensor:

@@ -99,14 +99,20 @@ def breakdown_table(fcos: dict) -> str:
 
 
 def scaling_table(fcos: dict) -> str:
-    """assign_targets time and extra memory against the number of boxes."""
+    """assign_targets time and extra memory against the number of boxes, by FCOS's
+    assignment and (results that have it) by ATSS's."""
     scaling = fcos["assignment_scaling"]
+    atss = fcos.get("atss_assignment_scaling", {})
     first = next(iter(scaling.values()))["median_s"]
-    rows = [
-        [count, spread(m, 4), f"{m['median_s'] / first:.1f}", megabytes(m["extra_mb"])]
-        for count, m in scaling.items()
-    ]
+    rows = []
+    for count, m in scaling.items():
+        row = [count, spread(m, 4), f"{m['median_s'] / first:.1f}", megabytes(m["extra_mb"])]
+        if atss:
+            row += [spread(atss[count], 4), megabytes(atss[count]["extra_mb"])]
+        rows.append(row)
     headers = ["boxes / image", "assign_targets s [min, max]", "x time of first", "extra MB"]
+    if atss:
+        headers += ["ATSS s [min, max]", "ATSS extra MB"]
     return tabulate(rows, headers=headers, tablefmt="github")
 
 

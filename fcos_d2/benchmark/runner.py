@@ -10,6 +10,7 @@ import fvcore
 import torch
 import torchvision
 
+from ..modeling.targets import ASSIGNERS
 from .contenders import BUILDERS, Contender
 from .inputs import Sample, make_samples
 from .measurement import RSS_SAMPLE_INTERVAL_S, release_free_memory
@@ -73,23 +74,27 @@ def fcos_d2_extras(
     breakdown = measure_breakdown(
         contender, train_samples, infer_samples, device, args.warmup, args.reps, args.amp
     )
-    print("[benchmark] fcos_d2: target assignment scaling ...", flush=True)
-    generator = torch.Generator().manual_seed(args.seed + 1)
-    scaling = measure_assignment_scaling(
-        contender,
-        infer_samples[0].image,
-        args.assign_boxes,
-        generator,
-        device,
-        args.warmup,
-        args.reps,
-    )
+    scaling = {}
+    for assigner in ASSIGNERS:  # the same boxes for both
+        print(f"[benchmark] fcos_d2: target assignment scaling ({assigner}) ...", flush=True)
+        generator = torch.Generator().manual_seed(args.seed + 1)
+        scaling[assigner] = measure_assignment_scaling(
+            contender,
+            infer_samples[0].image,
+            args.assign_boxes,
+            generator,
+            device,
+            args.warmup,
+            args.reps,
+            assigner,
+        )
     return {
         "breakdown": {
             phase: {stage: m.to_json() for stage, m in stages.items()}
             for phase, stages in breakdown.items()
         },
-        "assignment_scaling": {str(n): m.to_json() for n, m in scaling.items()},
+        "assignment_scaling": {str(n): m.to_json() for n, m in scaling["fcos"].items()},
+        "atss_assignment_scaling": {str(n): m.to_json() for n, m in scaling["atss"].items()},
     }
 
 

@@ -220,9 +220,10 @@ def measure_assignment_scaling(
     device: torch.device,
     warmup: int,
     reps: int,
+    assigner: str = "fcos",
 ) -> Dict[int, Measurement]:
     """Time and extra memory of ``assign_targets`` on one image (3, H, W), for each number
-    of boxes."""
+    of boxes, by FCOS's assignment or ATSS's (``assigner``, with the model's ATSS keys)."""
     model = contender.model.eval()
     (inputs,) = to_detectron2(
         [Sample(image, torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))],
@@ -246,6 +247,7 @@ def measure_assignment_scaling(
                 model.num_classes,
                 model.center_sampling_radius,
                 model.norm_reg_targets,  # distances in strides
+                **{**model.successors.assignment_arguments(), "assigner": assigner},
             ),
             device,
             warmup,

@@ -16,6 +16,8 @@ from torch.nn import functional as F
 from .targets import centerness_targets
 
 BOX_LOSS_TYPES = ("iou", "giou", "diou", "ciou")
+BOX_QUALITIES = ("ctrness", "iou", "none")
+CLS_LOSSES = ("focal", "quality_focal")
 
 
 def reduce_mean(value: Tensor) -> Tensor:
@@ -41,6 +43,38 @@ def _intersection_and_union(pred: Tensor, target: Tensor) -> Tuple[Tensor, Tenso
     overlap = torch.min(pred, target)  # (P, 4)
     intersection = (overlap[:, 0] + overlap[:, 2]) * (overlap[:, 1] + overlap[:, 3])
     return intersection, pred_area + target_area - intersection
+
+
+def iou_of_distances(pred: Tensor, target: Tensor) -> Tensor:
+    """(P,) IoU of the boxes given as (P, 4) distances (l, t, r, b) from the same locations
+    (predictions clamped at 0: a box of negative side is empty)."""
+    intersection, union = _intersection_and_union(pred.clamp(min=0), target)
+    return intersection / union.clamp(min=1e-6)
+
+
+def quality_focal_loss(logits: Tensor, targets: Tensor, beta: float = 2.0) -> Tensor:
+    """GFL's quality focal loss, elementwise: |y − σ(x)|^β · BCE(x, y) for soft targets
+    y in [0, 1] (the IoU at a positive's class, 0 elsewhere)."""
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (targets - logits.sigmoid()).abs().pow(beta) * bce
+
+
+def check_quality_options(box_quality: str, cls_loss: str) -> None:
+    """The quality branch and the classification loss make sense together, or a ValueError
+    names the keys: a class score trained to be the IoU (quality_focal) already is the
+    quality estimate, so a separate quality branch would count it twice."""
+    if box_quality not in BOX_QUALITIES:
+        raise ValueError(
+            f"MODEL.FCOS.BOX_QUALITY must be one of {BOX_QUALITIES}, got {box_quality!r}"
+        )
+    if cls_loss not in CLS_LOSSES:
+        raise ValueError(f"MODEL.FCOS.CLS_LOSS must be one of {CLS_LOSSES}, got {cls_loss!r}")
+    if cls_loss == "quality_focal" and box_quality != "none":
+        raise ValueError(
+            f"MODEL.FCOS.CLS_LOSS quality_focal trains the class score to be the box's IoU; "
+            f"MODEL.FCOS.BOX_QUALITY {box_quality} would multiply a second quality estimate "
+            "into it: set BOX_QUALITY none (GFL), or CLS_LOSS focal"
+        )
 
 
 def _neg_log_iou(pred: Tensor, target: Tensor, smoothing: float = 0.0, eps: float = 1e-6) -> Tensor:
@@ -114,52 +148,83 @@ def fcos_losses(
     focal_loss_gamma: float = 2.0,
     box_loss_type: str = "giou",
     iou_loss_smoothing: float = 0.0,
+    box_quality: str = "ctrness",
+    cls_loss: str = "focal",
+    qfl_beta: float = 2.0,
 ) -> Dict[str, Tensor]:
-    """The three FCOS losses for a batch.
+    """The FCOS losses for a batch.
 
-    Classification and centerness losses are normalised by the number of positives,
-    the box loss by the sum of the positives' centerness targets; both normalisers are
-    averaged across processes, so the result does not depend on how a batch is split.
+    Classification and quality losses are normalised by the number of positives. The box
+    loss is weighted and normalised by the positives' centerness targets (FCOS), by their
+    highest predicted class score, detached, with the quality focal loss (GFL), else
+    averaged over the positives; every normaliser is averaged across processes, so the
+    result does not depend on how a batch is split.
 
     Args:
         pred_logits: (N, R, K) class logits.
         pred_box_dists: (N, R, 4) predicted distances, in the units of ``box_targets``.
-        pred_centerness: (N, R) centerness logits.
+        pred_centerness: (N, R) quality logits (centerness or IoU, see ``box_quality``).
         labels: (N, R) in [0, K]; K is background, negative values are ignored.
         box_targets: (N, R, 4) target distances (l, t, r, b).
         num_classes: K.
         focal_loss_alpha, focal_loss_gamma: focal loss parameters.
         box_loss_type: one of ``BOX_LOSS_TYPES``.
         iou_loss_smoothing: see :func:`box_regression_loss`.
+        box_quality: what the quality branch is trained on (BCE): "ctrness" (the centerness
+            of the target box), "iou" (the IoU of the predicted box with its target,
+            detached) or "none" (no quality loss).
+        cls_loss: "focal", or "quality_focal": the positive's class target is that IoU.
+        qfl_beta: β of the quality focal loss.
 
     Returns:
-        ``loss_fcos_cls``, ``loss_fcos_loc`` and ``loss_fcos_ctr``.
+        ``loss_fcos_cls``, ``loss_fcos_loc`` and, with a quality branch, ``loss_fcos_ctr``.
     """
+    check_quality_options(box_quality, cls_loss)
     valid = labels >= 0  # (N, R)
     positive = valid & (labels < num_classes)  # (N, R)
     num_positive = reduce_mean(positive.sum().to(pred_logits.dtype)).clamp(min=1.0)
 
+    positive_targets = box_targets[positive]  # (P, 4)
+    positive_dists = pred_box_dists[positive]  # (P, 4)
+    ious = None
+    if box_quality == "iou" or cls_loss == "quality_focal":
+        ious = iou_of_distances(positive_dists, positive_targets).detach()  # (P,)
+
     # One-hot over K + 1 columns, then drop the background column.
     cls_targets = F.one_hot(labels[valid], num_classes + 1)[:, :num_classes]  # (V, K)
-    loss_cls = sigmoid_focal_loss(
-        pred_logits[valid],
-        cls_targets.to(pred_logits.dtype),
-        alpha=focal_loss_alpha,
-        gamma=focal_loss_gamma,
-        reduction="sum",
-    )
+    cls_targets = cls_targets.to(pred_logits.dtype)
+    valid_logits = pred_logits[valid]  # (V, K)
+    if cls_loss == "quality_focal":
+        # The positives' one-hot rows, scaled by their IoU (soft labels).
+        positive_rows = positive[valid]  # (V,)
+        cls_targets[positive_rows] = cls_targets[positive_rows] * ious[:, None]
+        loss_cls = quality_focal_loss(valid_logits, cls_targets, qfl_beta).sum()
+    else:
+        loss_cls = sigmoid_focal_loss(
+            valid_logits,
+            cls_targets,
+            alpha=focal_loss_alpha,
+            gamma=focal_loss_gamma,
+            reduction="sum",
+        )
 
-    positive_targets = box_targets[positive]  # (P, 4)
-    ctr_targets = centerness_targets(positive_targets)  # (P,)
-    ctr_normalizer = reduce_mean(ctr_targets.sum()).clamp(min=1e-6)
     loss_box = box_regression_loss(
-        pred_box_dists[positive], positive_targets, box_loss_type, iou_loss_smoothing
+        positive_dists, positive_targets, box_loss_type, iou_loss_smoothing
     )
-    loss_ctr = F.binary_cross_entropy_with_logits(
-        pred_centerness[positive], ctr_targets, reduction="sum"
-    )
-    return {
-        "loss_fcos_cls": loss_cls / num_positive,
-        "loss_fcos_loc": (loss_box * ctr_targets).sum() / ctr_normalizer,
-        "loss_fcos_ctr": loss_ctr / num_positive,
-    }
+    losses = {"loss_fcos_cls": loss_cls / num_positive}
+    if box_quality == "ctrness":
+        ctr_targets = centerness_targets(positive_targets)  # (P,)
+        box_weights = ctr_targets
+    elif cls_loss == "quality_focal":  # GFL: the highest class score, detached
+        box_weights = pred_logits[positive].detach().sigmoid().max(dim=1).values  # (P,)
+    else:
+        box_weights = torch.ones_like(loss_box)
+    normalizer = reduce_mean(box_weights.sum()).clamp(min=1e-6)
+    losses["loss_fcos_loc"] = (loss_box * box_weights).sum() / normalizer
+    if box_quality != "none":
+        quality_targets = ctr_targets if box_quality == "ctrness" else ious
+        loss_quality = F.binary_cross_entropy_with_logits(
+            pred_centerness[positive], quality_targets, reduction="sum"
+        )
+        losses["loss_fcos_ctr"] = loss_quality / num_positive
+    return losses

@@ -21,6 +21,7 @@ from torch.profiler import record_function
 from .head import FCOSHead, pyramid_input_shapes
 from .losses import BOX_LOSS_TYPES, check_iou_loss_smoothing, fcos_losses
 from .postprocess import fcos_inference_single_image
+from .successors import SuccessorOptions
 from .targets import LocationGrid, assign_targets, make_location_grid, sanitize_gt_instances
 
 # Grids kept per (feature sizes, device); multi-scale training sees a few dozen.
@@ -53,6 +54,7 @@ class FCOS(DenseDetector):
         topk_candidates: int = 1000,
         nms_thresh: float = 0.6,
         detections_per_image: int = 100,
+        successors: SuccessorOptions = SuccessorOptions(),
         channels_last: bool = False,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -75,6 +77,8 @@ class FCOS(DenseDetector):
                 0 is the papers' IoU, 1 the official FCOS code's.
             score_thresh, thresh_with_centerness, topk_candidates, nms_thresh,
                 detections_per_image: inference, see :func:`fcos_inference_single_image`.
+            successors: the fixes of FCOS's successors (quality branch, assigner, class
+                loss, NMS), see ``successors``; the default is plain FCOS.
             channels_last: run backbone and head on channels-last tensors (faster convs
                 on CPU and on tensor-core GPUs; same function).
             pixel_mean, pixel_std: input normalisation.
@@ -104,6 +108,7 @@ class FCOS(DenseDetector):
         self.topk_candidates = topk_candidates
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
+        self.successors = successors
         self.channels_last = channels_last
         if channels_last:
             self.to(memory_format=torch.channels_last)
@@ -137,6 +142,7 @@ class FCOS(DenseDetector):
             "topk_candidates": fcos.TOPK_CANDIDATES_TEST,
             "nms_thresh": fcos.NMS_THRESH_TEST,
             "detections_per_image": fcos.DETECTIONS_PER_IMAGE,
+            "successors": SuccessorOptions.from_config(fcos),
             "channels_last": fcos.CHANNELS_LAST,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -249,6 +255,7 @@ class FCOS(DenseDetector):
             self.num_classes,
             self.center_sampling_radius,
             norm_reg_targets=self.norm_reg_targets,
+            **self.successors.assignment_arguments(),
         )
 
     def losses(
@@ -271,6 +278,7 @@ class FCOS(DenseDetector):
             focal_loss_gamma=self.focal_loss_gamma,
             box_loss_type=self.box_loss_type,
             iou_loss_smoothing=self.iou_loss_smoothing,
+            **self.successors.loss_arguments(),
         )
 
     def forward_inference(
@@ -304,4 +312,6 @@ class FCOS(DenseDetector):
             topk_candidates=self.topk_candidates,
             nms_thresh=self.nms_thresh,
             detections_per_image=self.detections_per_image,
+            with_quality=self.successors.with_quality,
+            **self.successors.nms_arguments(),
         )

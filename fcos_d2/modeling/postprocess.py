@@ -1,4 +1,5 @@
-"""FCOS inference: per-level candidates, box decoding, clipping, class-aware NMS.
+"""FCOS inference: per-level candidates, box decoding, clipping, class-aware NMS (hard, or
+Gaussian Soft-NMS).
 
 One tensor-only path (:func:`detect_single_image`) serves eager inference and export.
 
@@ -10,7 +11,9 @@ from typing import List, Tuple
 import torch
 from detectron2.structures import Boxes, Instances
 from torch import Tensor
-from torchvision.ops import nms
+from torchvision.ops import box_iou, nms
+
+NMS_TYPES = ("hard", "soft_gaussian")
 
 
 def decode_boxes(points: Tensor, box_dists: Tensor) -> Tensor:
@@ -24,12 +27,15 @@ def select_level_candidates(
     score_thresh: float,
     thresh_with_centerness: bool,
     topk: int,
+    with_quality: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The best-scoring (location, class) pairs of one level of one image.
 
-    The score of a pair is sqrt(sigmoid(cls) * sigmoid(centerness)). Pairs whose
-    thresholded score (that score, or the class probability alone) is not above
-    ``score_thresh`` are dropped; of the rest at most ``topk`` are kept, best first.
+    The score of a pair is sqrt(sigmoid(cls) * sigmoid(quality)), the quality being the
+    centerness (or IoU) branch; without a quality branch (``with_quality`` False) it is
+    sigmoid(cls) alone. Pairs whose thresholded score (that score, or the class probability
+    alone) is not above ``score_thresh`` are dropped; of the rest at most ``topk`` are kept,
+    best first.
 
     Args:
         logits: (R_l, K) class logits.
@@ -40,7 +46,10 @@ def select_level_candidates(
     """
     num_classes = logits.shape[1]
     class_prob = logits.sigmoid()  # (R_l, K)
-    scores = torch.sqrt(class_prob * centerness.sigmoid()[:, None])  # (R_l, K)
+    if with_quality:
+        scores = torch.sqrt(class_prob * centerness.sigmoid()[:, None])  # (R_l, K)
+    else:
+        scores = class_prob
     gate = scores if thresh_with_centerness else class_prob
     # Top-k over all pairs with the failing ones pushed below any real score, then
     # drop those: avoids materialising the index of every passing pair.
@@ -62,6 +71,7 @@ def decode_candidates(
     score_thresh: float = 0.05,
     thresh_with_centerness: bool = False,
     topk_candidates: int = 1000,
+    with_quality: bool = True,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The candidate boxes of one image, before NMS: per level threshold, top-k, decode.
 
@@ -83,7 +93,7 @@ def decode_candidates(
         logits_per_level, box_dists_per_level, centerness_per_level, points_per_level, strides
     ):
         scores, locations, classes = select_level_candidates(
-            logits, centerness, score_thresh, thresh_with_centerness, topk_candidates
+            logits, centerness, score_thresh, thresh_with_centerness, topk_candidates, with_quality
         )
         pixel_dists = dists[locations] * stride if norm_reg_targets else dists[locations]
         boxes_all.append(decode_boxes(points[locations], pixel_dists))  # (C_l, 4)
@@ -143,6 +153,57 @@ def class_aware_nms(boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshol
     return keep[keep < num_boxes]
 
 
+def class_aware_soft_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    classes: Tensor,
+    sigma: float,
+    max_detections: int,
+    min_score: float = 1e-3,
+) -> Tuple[Tensor, Tensor]:
+    """Gaussian Soft-NMS (Bodla et al., 2017) within each class.
+
+    Repeatedly takes the highest-scoring box left and multiplies the score of every other
+    box of its class by exp(−IoU² / sigma); boxes of other classes are not touched. Stops
+    after ``max_detections`` picks (a later pick only lowers scores, so these are the best
+    final scores) or when no score left reaches ``min_score``. One vectorised step per
+    detection kept, not per candidate.
+
+    Args:
+        boxes: (C, 4) (x0, y0, x1, y1).
+        scores: (C,) scores.
+        classes: (C,) class indices.
+        sigma: the Gaussian's width (0.5 in the paper).
+        max_detections: the most boxes returned.
+        min_score: boxes whose decayed score falls below it are dropped.
+
+    Returns:
+        indices (D,) of the kept boxes and their decayed scores (D,), best first.
+    """
+    if sigma <= 0:
+        raise ValueError(f"MODEL.FCOS.SOFT_NMS_SIGMA must be > 0, got {sigma}")
+    remaining = scores.clone()
+    kept, kept_scores = [], []
+    for _ in range(min(max_detections, len(scores))):
+        best_score, best = remaining.max(dim=0)
+        if best_score < min_score:
+            break
+        kept.append(best)
+        kept_scores.append(best_score)
+        iou = box_iou(boxes[best][None], boxes)[0]  # (C,)
+        decay = torch.where(classes == classes[best], torch.exp(-iou.square() / sigma), 1.0)
+        remaining = remaining * decay
+        remaining[best] = -1.0  # taken
+    if not kept:
+        return scores.new_zeros(0, dtype=torch.int64), scores.new_zeros(0)
+    return torch.stack(kept), torch.stack(kept_scores)
+
+
+def check_nms_type(nms_type: str) -> None:
+    if nms_type not in NMS_TYPES:
+        raise ValueError(f"MODEL.FCOS.NMS_TYPE must be one of {NMS_TYPES}, got {nms_type!r}")
+
+
 def detect_single_image(
     logits_per_level: List[Tensor],
     box_dists_per_level: List[Tensor],
@@ -157,6 +218,10 @@ def detect_single_image(
     topk_candidates: int = 1000,
     nms_thresh: float = 0.6,
     detections_per_image: int = 100,
+    with_quality: bool = True,
+    nms_type: str = "hard",
+    soft_nms_sigma: float = 0.5,
+    soft_nms_min_score: float = 1e-3,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The detections of one image from its per-level head outputs, tensors only.
 
@@ -180,8 +245,19 @@ def detect_single_image(
         score_thresh=score_thresh,
         thresh_with_centerness=thresh_with_centerness,
         topk_candidates=topk_candidates,
+        with_quality=with_quality,
     )
-    return clip_nms_cap(boxes, scores, classes, image_size, nms_thresh, detections_per_image)
+    return clip_nms_cap(
+        boxes,
+        scores,
+        classes,
+        image_size,
+        nms_thresh,
+        detections_per_image,
+        nms_type=nms_type,
+        soft_nms_sigma=soft_nms_sigma,
+        soft_nms_min_score=soft_nms_min_score,
+    )
 
 
 def clip_nms_cap(
@@ -191,15 +267,28 @@ def clip_nms_cap(
     image_size: Tuple,
     nms_thresh: float,
     detections_per_image: int,
+    *,
+    nms_type: str = "hard",
+    soft_nms_sigma: float = 0.5,
+    soft_nms_min_score: float = 1e-3,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """Candidates (C, 4), (C,), (C,) to detections: clip to ``image_size`` (height, width),
-    drop the boxes clipping left empty, class-aware NMS, keep the best ``detections_per_image``.
+    drop the boxes clipping left empty, class-aware NMS (hard at ``nms_thresh``, or
+    Gaussian Soft-NMS, which lowers scores instead of removing boxes), keep the best
+    ``detections_per_image``.
 
-    The end of :func:`detect_single_image`, also used to merge test-time augmentations.
+    The end of :func:`detect_single_image`, also used to merge test-time augmentations and
+    by the FCOS proposal generator.
     """
+    check_nms_type(nms_type)
     boxes = clip_boxes(boxes, *image_size)
     nonempty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (C,)
     boxes, scores, classes = boxes[nonempty], scores[nonempty], classes[nonempty]
+    if nms_type == "soft_gaussian":
+        keep, scores = class_aware_soft_nms(
+            boxes, scores, classes, soft_nms_sigma, detections_per_image, soft_nms_min_score
+        )
+        return boxes[keep], scores, classes[keep]
     keep = class_aware_nms(boxes, scores, classes, nms_thresh)[:detections_per_image]
     return boxes[keep], scores[keep], classes[keep]
 

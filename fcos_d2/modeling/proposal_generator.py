@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from .head import FCOSHead, pyramid_input_shapes
 from .losses import fcos_losses
 from .postprocess import clip_nms_cap, decode_candidates
+from .successors import SuccessorOptions
 from .targets import assign_targets, make_location_grid, sanitize_gt_instances
 
 
@@ -62,6 +63,7 @@ class FCOS(nn.Module):
         pre_nms_topk: Tuple[int, int] = (2000, 1000),
         post_nms_topk: Tuple[int, int] = (1000, 1000),
         nms_thresh: float = 0.7,
+        successors: SuccessorOptions = SuccessorOptions(),
     ):
         """
         Args:
@@ -73,6 +75,8 @@ class FCOS(nn.Module):
             pre_nms_topk: candidates per level (training, test).
             post_nms_topk: proposals per image after NMS (training, test).
             nms_thresh: IoU of the class-agnostic NMS.
+            successors: the MODEL.FCOS options of FCOS's successors, as for the detector
+                (quality branch, assigner, class loss; Soft-NMS of the proposals).
         """
         super().__init__()
         self.head = head
@@ -88,7 +92,9 @@ class FCOS(nn.Module):
             focal_loss_gamma=focal_loss_gamma,
             box_loss_type=box_loss_type,
             iou_loss_smoothing=iou_loss_smoothing,
+            **successors.loss_arguments(),
         )
+        self.successors = successors
         self.pre_nms_topk = {True: pre_nms_topk[0], False: pre_nms_topk[1]}
         self.post_nms_topk = {True: post_nms_topk[0], False: post_nms_topk[1]}
         self.nms_thresh = nms_thresh
@@ -116,6 +122,7 @@ class FCOS(nn.Module):
             "pre_nms_topk": (rpn.PRE_NMS_TOPK_TRAIN, rpn.PRE_NMS_TOPK_TEST),
             "post_nms_topk": (rpn.POST_NMS_TOPK_TRAIN, rpn.POST_NMS_TOPK_TEST),
             "nms_thresh": rpn.NMS_THRESH,
+            "successors": SuccessorOptions.from_config(fcos),
         }
 
     def forward(
@@ -160,7 +167,12 @@ class FCOS(nn.Module):
             instances.gt_classes = torch.zeros_like(instances.gt_classes)
             agnostic.append(sanitize_gt_instances(instances, 1))
         labels, box_targets = assign_targets(
-            grid, agnostic, 1, self.center_sampling_radius, self.norm_reg_targets
+            grid,
+            agnostic,
+            1,
+            self.center_sampling_radius,
+            self.norm_reg_targets,
+            **self.successors.assignment_arguments(),
         )
         return fcos_losses(
             torch.cat(logits, dim=1).float(),  # (N, R, 1)
@@ -184,6 +196,7 @@ class FCOS(nn.Module):
                 norm_reg_targets=self.norm_reg_targets,
                 score_thresh=0.0,
                 topk_candidates=self.pre_nms_topk[self.training],
+                with_quality=self.successors.with_quality,
             )
             boxes, scores, _ = clip_nms_cap(
                 boxes,
@@ -192,6 +205,7 @@ class FCOS(nn.Module):
                 image_size,
                 self.nms_thresh,
                 self.post_nms_topk[self.training],
+                **self.successors.nms_arguments(),
             )
             proposals = Instances(image_size)
             proposals.proposal_boxes = Boxes(boxes)

@@ -216,14 +216,22 @@ def sanitize_gt_instances(instances: Instances, num_classes: int) -> Instances:
     return instances
 
 
+ASSIGNERS = ("fcos", "atss")
+
+
 def assign_targets(
     grid: LocationGrid,
     gt_instances: List[Instances],
     num_classes: int,
     center_sampling_radius: float = 1.5,
     norm_reg_targets: bool = True,
+    assigner: str = "fcos",
+    atss_anchor_scale: float = 8.0,
+    atss_topk: int = 9,
 ) -> Tuple[Tensor, Tensor]:
-    """Assign targets for a batch; see :func:`assign_targets_single_image`.
+    """Assign targets for a batch; see :func:`assign_targets_single_image` (``assigner``
+    "fcos") and ``atss.atss_assign_single_image`` ("atss", with ``atss_anchor_scale`` and
+    ``atss_topk``; the size ranges and centre sampling play no part).
 
     Crowd boxes are read from the optional ``gt_is_crowd`` field of each Instances.
 
@@ -231,16 +239,22 @@ def assign_targets(
         labels (N, R) and box_targets (N, R, 4), the latter divided by each location's
         stride when ``norm_reg_targets``.
     """
+    from .atss import atss_assign_single_image  # atss builds on this module
+
+    if assigner not in ASSIGNERS:
+        raise ValueError(f"MODEL.FCOS.ASSIGNER must be one of {ASSIGNERS}, got {assigner!r}")
     labels, box_targets = [], []
     for instances in gt_instances:
-        image_labels, image_targets = assign_targets_single_image(
-            grid,
-            instances.gt_boxes.tensor,
-            instances.gt_classes,
-            num_classes,
-            center_sampling_radius,
-            instances.gt_is_crowd if instances.has("gt_is_crowd") else None,
-        )
+        crowd = instances.gt_is_crowd if instances.has("gt_is_crowd") else None
+        boxes, classes = instances.gt_boxes.tensor, instances.gt_classes
+        if assigner == "atss":
+            image_labels, image_targets = atss_assign_single_image(
+                grid, boxes, classes, num_classes, atss_anchor_scale, atss_topk, crowd
+            )
+        else:
+            image_labels, image_targets = assign_targets_single_image(
+                grid, boxes, classes, num_classes, center_sampling_radius, crowd
+            )
         labels.append(image_labels)
         box_targets.append(image_targets)
     box_targets_batch = torch.stack(box_targets)  # (N, R, 4)

@@ -83,6 +83,7 @@ class FCOSWithTTA(nn.Module):
             original_size,
             self.model.nms_thresh,
             self.model.detections_per_image,
+            **self.model.successors.nms_arguments(),
         )
         result = Instances(original_size)
         result.pred_boxes, result.scores, result.pred_classes = (

@@ -7,6 +7,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from torch import nn
 
+from fcos_d2.modeling.successors import SuccessorOptions
 from fcos_d2.modeling.tta import FCOSWithTTA
 
 AUG = ["TEST.AUG.MIN_SIZES", "(64,)", "TEST.AUG.MAX_SIZE", "100"]
@@ -34,6 +35,7 @@ class FixedBoxModel(nn.Module):
     """Detects one box at (10, 20, 30, 40) of whatever image it is given (or nothing)."""
 
     nms_thresh, detections_per_image = 0.6, 100
+    successors = SuccessorOptions()  # hard NMS
 
     def __init__(self, empty=False):
         super().__init__()

@@ -146,15 +146,16 @@ def test_fcos_d2_breakdown_and_scaling(results):
     for summary in [*training.values(), *inference.values()]:
         _check_measurement(summary)
     assert sum(note.startswith("fcos_d2 stages:") for note in results["notes"]) == 1
-    assert list(fcos["assignment_scaling"]) == ["10", "100"]
-    for summary in fcos["assignment_scaling"].values():
-        _check_measurement(summary)
+    for assigner in ("assignment_scaling", "atss_assignment_scaling"):
+        assert list(fcos[assigner]) == ["10", "100"]
+        for summary in fcos[assigner].values():
+            _check_measurement(summary)
     assert "breakdown" not in results["models"]["d2_fcos"]  # extras are fcos_d2's only
 
 
 def test_report_has_the_tables(results):
     report = format_report(results)
-    for text in ("fcos_d2", "d2_fcos", "vs d2_fcos", "decoding+NMS", "assign_targets"):
+    for text in ("fcos_d2", "d2_fcos", "vs d2_fcos", "decoding+NMS", "assign_targets", "ATSS s"):
         assert text in report
 
 

@@ -302,3 +302,27 @@ def test_eval_only_with_test_time_augmentation(trained, tmp_path):
     )
     assert "bbox" in results and "bbox_TTA" in results
     assert (tmp_path / "inference_TTA" / "tiny_val" / "coco_instances_results.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["MODEL.FCOS.BOX_QUALITY", "iou"],
+        ["MODEL.FCOS.ASSIGNER", "atss"],
+        ["MODEL.FCOS.CLS_LOSS", "quality_focal", "MODEL.FCOS.BOX_QUALITY", "none"],
+        ["MODEL.FCOS.NMS_TYPE", "soft_gaussian"],
+    ],
+    ids=["iou-quality", "atss", "quality-focal", "soft-nms"],
+)
+def test_each_successor_option_trains_and_evaluates(trained, tmp_path, options):
+    results = run([], tmp_path, opts=options)  # ``trained`` registered the datasets
+    assert 0 <= results["bbox"]["AP50"] <= 100
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert any("loss_fcos_cls" in m for m in metrics)
+
+
+def test_contradictory_successor_options_stop_before_training_with_the_keys(trained, tmp_path):
+    with pytest.raises(ValueError, match="CLS_LOSS quality_focal.*BOX_QUALITY ctrness"):
+        run([], tmp_path, opts=["MODEL.FCOS.CLS_LOSS", "quality_focal"])
+    assert not (tmp_path / "model_final.pth").exists()
