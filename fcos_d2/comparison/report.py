@@ -133,7 +133,14 @@ def _time_to_plateau(fcos: Series, baseline: Series, plateaus: Dict[str, converg
     parts = []
     for series in (fcos, baseline):
         minutes = np.mean(series.clock_train_seconds()) / 60
-        state = "" if plateaus[series.name].reached else ", still rising"
+        plateau = plateaus[series.name]
+        state = (
+            ""
+            if plateau.reached
+            else ", still rising"
+            if plateau.doublings
+            else ", no longer schedule"
+        )
         parts.append(
             f"{minutes:.1f} min ({series.multiple:g}×, {series.point[ALL]['AP']:.1f} AP{state})"
         )

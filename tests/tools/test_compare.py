@@ -9,8 +9,8 @@ import pytest
 @pytest.mark.slow
 def test_compare_cli_end_to_end_with_a_time_budget(monkeypatch, tmp_path):
     """tools/compare.py times both models, trains FCOS and Mask R-CNN (a few iterations,
-    tiny data), each again for a time budget on that clock, and writes the report; a second
-    call keeps the runs and the timing."""
+    tiny data), each again for a time budget on that clock and at twice its schedule, and
+    writes the report with its three budgets; a second call keeps the runs and the timing."""
     import compare
     from conftest import CONFIGS
 
@@ -65,6 +65,9 @@ def test_compare_cli_end_to_end_with_a_time_budget(monkeypatch, tmp_path):
         mask,
         "--budget-minutes",
         "0.02",
+        "--schedules",
+        "1",
+        "2",
         "--datasets",
         "compare_cmp_val",
         "--train-datasets",
@@ -82,10 +85,17 @@ def test_compare_cli_end_to_end_with_a_time_budget(monkeypatch, tmp_path):
     runs = sorted(p.name for p in runs_dir.iterdir())
     assert runs == [
         "FCOS_R_18_quick__iterations__seed0",
+        "FCOS_R_18_quick__iterations_x2__seed0",
         "FCOS_R_18_quick__time_budget__seed0",
         "mask_rcnn_R_18_shapes_cpu__iterations__seed0",
+        "mask_rcnn_R_18_shapes_cpu__iterations_x2__seed0",
         "mask_rcnn_R_18_shapes_cpu__time_budget__seed0",
     ]
+    runs = [r for r in runs if "_x2_" not in r]  # the indices below
+    doubled = json.loads(
+        (runs_dir / "FCOS_R_18_quick__iterations_x2__seed0" / "run.json").read_text()
+    )
+    assert (doubled["max_iter"], doubled["schedule_multiple"]) == (8, 2)
     budget_run = json.loads((runs_dir / runs[1] / "run.json").read_text())
     mask_run = json.loads((runs_dir / runs[2] / "run.json").read_text())
     clock = json.loads((tmp_path / "out" / "timing.json").read_text())
@@ -98,7 +108,12 @@ def test_compare_cli_end_to_end_with_a_time_budget(monkeypatch, tmp_path):
     assert budget_run["max_iter"] == max(30, int(1.2 / paces["FCOS_R_18_quick"]))
     assert [p["iteration"] for p in mask_run["curve"]] == [2, 4]
     report = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert {v["budget"] for v in report["verdicts"]} == {"equal iterations", "equal time"}
+    assert {v["budget"] for v in report["verdicts"]} == {
+        "equal iterations",
+        "equal time",
+        "at convergence",
+    }
+    assert set(report["plateaus"]) == {"FCOS_R_18_quick", "mask_rcnn_R_18_shapes_cpu"}
     # Training time in the report is on the clock: iterations times the timed pace.
     mask_report = report["datasets"]["compare_cmp_val"]["mask_rcnn_R_18_shapes_cpu (iterations)"]
     assert mask_report["clock_train_seconds"] == [
