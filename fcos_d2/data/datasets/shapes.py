@@ -65,7 +65,11 @@ CROWDED = SceneStyle(
     cluster_probability=0.85,
     max_radius=0.2,
 )
-STYLES = {"normal": NORMAL, "crowded": CROWDED}
+# Small objects (for a P2 level): on 256-px images, circumradius 3-8 px, so that most boxes
+# are 4-16 px; up to 12 objects tried.
+SMALL = SceneStyle(max_objects=12, min_radius=0.012, max_radius=0.032)
+STYLES = {"normal": NORMAL, "crowded": CROWDED, "small": SMALL}
+SMALL_IMAGE_SIZE = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +80,7 @@ class BuiltinSplit:
     num_images: int
     seed: int
     style: str = "normal"
+    image_size: int = IMAGE_SIZE
 
 
 BUILTIN_SPLITS = {
@@ -83,6 +88,8 @@ BUILTIN_SPLITS = {
     "shapes_val": BuiltinSplit("val", 200, 1),
     "shapes_crowd_train": BuiltinSplit("crowd_train", 2000, 2, "crowded"),
     "shapes_crowd_val": BuiltinSplit("crowd_val", 300, 3, "crowded"),
+    "shapes_small_train": BuiltinSplit("small_train", 2000, 4, "small", SMALL_IMAGE_SIZE),
+    "shapes_small_val": BuiltinSplit("small_val", 300, 5, "small", SMALL_IMAGE_SIZE),
 }
 
 
@@ -317,7 +324,12 @@ def register_builtin_shapes() -> None:
     """Register the ``BUILTIN_SPLITS`` (nothing is generated until used)."""
     for name, builtin in BUILTIN_SPLITS.items():
         register_shapes_split(
-            name, builtin.split, builtin.num_images, seed=builtin.seed, style=STYLES[builtin.style]
+            name,
+            builtin.split,
+            builtin.num_images,
+            builtin.image_size,
+            seed=builtin.seed,
+            style=STYLES[builtin.style],
         )
 
 
@@ -332,7 +344,9 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--split", default="train", help="folder name of the split")
     parser.add_argument("--num-images", type=int, help="images (registered split: its size)")
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="side in pixels")
+    parser.add_argument(
+        "--image-size", type=int, help=f"side in pixels (registered split: its size; else {IMAGE_SIZE})"
+    )
     parser.add_argument("--seed", type=int, help="random seed (registered split: its seed)")
     parser.add_argument("--style", choices=sorted(STYLES), help="preset of the scene knobs below")
     parser.add_argument("--output", default=shapes_root(), help="dataset root")
@@ -341,7 +355,8 @@ def argument_parser() -> argparse.ArgumentParser:
             f"--{field.name.replace('_', '-')}",
             type=field.type,
             help=f"scene knob (normal {getattr(NORMAL, field.name)}, "
-            f"crowded {getattr(CROWDED, field.name)}); see SceneStyle",
+            f"crowded {getattr(CROWDED, field.name)}, small {getattr(SMALL, field.name)}); "
+            "see SceneStyle",
         )
     return parser
 
@@ -351,11 +366,12 @@ def main(argv: Optional[List[str]] = None) -> str:
     builtin = next((b for b in BUILTIN_SPLITS.values() if b.split == args.split), None)
     num_images = args.num_images or (builtin.num_images if builtin else 2000)
     seed = args.seed if args.seed is not None else (builtin.seed if builtin else 0)
+    image_size = args.image_size or (builtin.image_size if builtin else IMAGE_SIZE)
     style = STYLES[args.style or (builtin.style if builtin else "normal")]
     knobs = {f.name: getattr(args, f.name) for f in dataclasses.fields(SceneStyle)}
     style = dataclasses.replace(style, **{k: v for k, v in knobs.items() if v is not None})
     json_path = generate_shapes_split(
-        args.output, args.split, num_images, args.image_size, seed, style=style
+        args.output, args.split, num_images, image_size, seed, style=style
     )
     print(json_path)
     return json_path
