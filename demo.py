@@ -32,6 +32,7 @@ from fcos_d2.classes import ModelClasses, classes_for_weights
 from fcos_d2.config import setup_cfg
 from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.data.image_io import read_image
+from fcos_d2.data.voc_dataset import add_register_voc_argument, register_voc_datasets
 
 DRAWN_SIZE = 512  # pixels on the longer side of a drawn image, at least
 # Drawing only: of detections overlapping more than this (any classes), only the best-scored
@@ -161,6 +162,7 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--confidence-threshold", type=float, default=0.3)
     parser.add_argument("--recursive", action="store_true", help="read subdirectories too")
     add_register_coco_argument(parser)
+    add_register_voc_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
 
@@ -169,6 +171,7 @@ def main(argv=None) -> int:
     args = argument_parser().parse_args(argv)
     setup_logger(name="fcos_d2")
     register_coco_datasets(args.register_coco)
+    register_voc_datasets(args.register_voc)
     cfg = setup_cfg(args.config_file, args.opts)
     paths = expand_inputs(args.input, args.recursive)
     results, skipped = predict_images(cfg, paths, args.output, args.confidence_threshold)

@@ -6,6 +6,8 @@
     python train_net.py --config-file ... --resume
     python train_net.py --register-coco my_train ann.json images/ --config-file ... \
         DATASETS.TRAIN '("my_train",)'
+    python train_net.py --register-voc voc_train VOCdevkit/VOC2012 train --config-file ... \
+        DATASETS.TRAIN '("voc_train",)' MODEL.FCOS.NUM_CLASSES 20
 """
 
 import logging
@@ -24,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 from fcos_d2.checkpoint import check_num_classes
 from fcos_d2.config import fall_back_to_available_hardware, merge_config
 from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
+from fcos_d2.data.voc_dataset import add_register_voc_argument, register_voc_datasets
 from fcos_d2.engine import Trainer, check_num_gpus
 
 logger = logging.getLogger("fcos_d2")
@@ -44,6 +47,7 @@ def setup(args) -> CfgNode:
 
 def main(args):
     register_coco_datasets(args.register_coco)
+    register_voc_datasets(args.register_voc)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -71,9 +75,11 @@ def main(args):
 
 
 def argument_parser():
-    """Detectron2's standard arguments plus ``--register-coco NAME JSON IMAGE_ROOT``."""
+    """Detectron2's standard arguments plus ``--register-coco NAME JSON IMAGE_ROOT`` and
+    ``--register-voc NAME DIR SPLIT``."""
     parser = default_argument_parser()
     add_register_coco_argument(parser)
+    add_register_voc_argument(parser)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""Detectron2's trainer, with what FCOS needs: COCO evaluation and crowd boxes kept."""
+"""Detectron2's trainer, with what FCOS needs: COCO (or Pascal VOC) evaluation and crowd
+boxes kept."""
 
 import logging
 import os
@@ -7,9 +8,13 @@ from collections import OrderedDict
 
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 
@@ -21,8 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with COCO evaluation, crowd boxes kept for FCOS, 16-bit images read
-    right, and the classes (names, dataset category ids) written to OUTPUT_DIR/classes.json."""
+    """DefaultTrainer with COCO evaluation (Pascal VOC's for VOC datasets), crowd boxes kept
+    for FCOS, 16-bit images read right, and the classes (names, dataset category ids) written
+    to OUTPUT_DIR/classes.json."""
 
     def __init__(self, cfg: CfgNode):
         super().__init__(cfg)  # builds the training loader, which loads the datasets
@@ -31,6 +37,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):
+        """Detectron2's ``PascalVOCDetectionEvaluator`` for a dataset whose metadata has
+        ``evaluator_type`` "pascal_voc" (``--register-voc``, Detectron2's built-in VOC sets):
+        AP50 as VOC computes it, AP75, and AP averaged over IoU 0.5:0.95, from the XML files
+        (it writes nothing to ``output_folder``). ``COCOEvaluator`` for every other dataset."""
+        if MetadataCatalog.get(dataset_name).get("evaluator_type") == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, output_dir=output_folder)
 

@@ -290,6 +290,18 @@ def test_tool_errors_name_the_file_at_fault(tmp_path, capsys):
     assert str(missing_weights) in capsys.readouterr().err
 
 
+def test_tool_refuses_a_bad_register_voc_naming_it(tmp_path, capsys):
+    nowhere = tmp_path / "VOCnowhere"
+    code = _load_tool().main(
+        ["--config-file", str(QUICK_CONFIG), "--format", "torch.export"]
+        + ["--output", str(tmp_path / "a.pt2"), "--register-voc", "voc_export_bad"]
+        + [str(nowhere), "train", "MODEL.DEVICE", "cpu"]
+    )
+    assert code == 2
+    assert f"Pascal VOC directory not found: {nowhere}" in capsys.readouterr().err
+    assert not (tmp_path / "a.pt2").exists()
+
+
 def test_near_tied_scores_that_rounding_swaps_still_agree():
     """Two detections of one class 1e-6 apart in score, far apart in box: a kernel whose
     rounding puts them the other way round agrees (the failure seen on an AMD EPYC's

@@ -51,6 +51,10 @@ from fcos_d2.data.coco_dataset import (  # noqa: E402
     add_register_coco_argument,
     register_coco_datasets,
 )
+from fcos_d2.data.voc_dataset import (  # noqa: E402
+    add_register_voc_argument,
+    register_voc_datasets,
+)
 from fcos_d2.export import (  # noqa: E402
     CONTRACT_KEY,
     FCOSExportModule,
@@ -245,6 +249,7 @@ def argument_parser() -> argparse.ArgumentParser:
     )
     sizes.add_argument("--static", action="store_true", help="export for the export size only")
     add_register_coco_argument(parser)
+    add_register_voc_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
 
@@ -255,6 +260,7 @@ def run(args) -> int:
     args.dynamic = not args.static
     try:
         register_coco_datasets(args.register_coco)
+        register_voc_datasets(args.register_voc)
     except DatasetError as e:
         raise ExportError(str(e)) from e
     if (args.height is None) != (args.width is None):

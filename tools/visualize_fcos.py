@@ -9,7 +9,9 @@ detections the location that produced each box with its (l, t, r, b) distances.
 Top row: the image with the top detections; a dot marks the location whose prediction
 became the box, arrows its distances to the four sides. Then one column per pyramid level
 (stride s): the best class probability at each location, the predicted centerness, and
-their product's square root (the detection score), each over the image.
+their product's square root (the detection score), each over the image. Boxes are labelled
+with the names in the classes.json beside the weights, else those of DATASETS.TEST[0]
+(``--register-coco`` / ``--register-voc`` register it, as in train_net.py).
 """
 
 import argparse
@@ -30,7 +32,9 @@ from detectron2.modeling import build_model
 from fcos_d2.checkpoint import check_num_classes
 from fcos_d2.classes import classes_for_weights
 from fcos_d2.config import setup_cfg
+from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
 from fcos_d2.data.image_io import read_image
+from fcos_d2.data.voc_dataset import add_register_voc_argument, register_voc_datasets
 from fcos_d2.modeling.postprocess import decode_boxes, detect_single_image, select_level_candidates
 
 matplotlib.use("Agg")
@@ -165,9 +169,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--output", default="fcos_view.png")
     parser.add_argument("--top", type=int, default=5, help="detections to explain")
+    add_register_coco_argument(parser)
+    add_register_voc_argument(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     args = parser.parse_args(argv)
 
+    # Class names: OUTPUT_DIR/classes.json beside the weights, else DATASETS.TEST[0]'s.
+    register_coco_datasets(args.register_coco)
+    register_voc_datasets(args.register_voc)
     cfg = setup_cfg(args.config_file, args.opts)
     if cfg.MODEL.META_ARCHITECTURE != "FCOS":
         raise SystemExit(

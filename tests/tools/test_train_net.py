@@ -1,17 +1,21 @@
 """train_net.py's own functions in-process: train, evaluate, --eval-only, --resume,
---register-coco, the AMP fallback in the run log. Tiny images, a few iterations."""
+--register-coco, --register-voc (with the visualizer and demo.py after it), the AMP
+fallback in the run log. Tiny images, a few iterations."""
 
 import json
 import logging
+import math
 
 import pytest
 import torch
 from conftest import QUICK_CONFIG
+from voc_fixture import write_voc_dataset
 
 import train_net
 from fcos_d2.config import setup_cfg
 from fcos_d2.data.coco_dataset import DatasetError
 from fcos_d2.data.datasets import generate_shapes_split
+from fcos_d2.data.voc_dataset import VOC_CLASSES
 from fcos_d2.engine import Trainer
 
 pytestmark = pytest.mark.slow  # end to end: run by `make test`, not by `-m "not slow"`
@@ -197,6 +201,15 @@ def test_bad_register_coco_names_the_file_and_writes_nothing(tmp_path):
     assert not output_dir.exists()
 
 
+def test_bad_register_voc_names_the_fault_and_writes_nothing(tmp_path):
+    voc = write_voc_dataset(tmp_path)
+    voc.xml("train_001").write_text("<annotation>")
+    output_dir = tmp_path / "out"
+    with pytest.raises(DatasetError, match="train_001.xml is not valid XML"):
+        run(["--register-voc", "voc_e2e_broken", str(voc.dirname), "train"], output_dir)
+    assert not output_dir.exists()
+
+
 @pytest.mark.parametrize(
     "zoo_config, num_classes_key, own_loss",
     [
@@ -326,3 +339,104 @@ def test_contradictory_successor_options_stop_before_training_with_the_keys(trai
     with pytest.raises(ValueError, match="CLS_LOSS quality_focal.*BOX_QUALITY ctrness"):
         run([], tmp_path, opts=["MODEL.FCOS.CLS_LOSS", "quality_focal"])
     assert not (tmp_path / "model_final.pth").exists()
+
+
+VOC_OPTS = ["MODEL.FCOS.NUM_CLASSES", "20", "MODEL.FCOS.SCORE_THRESH_TEST", "0.001"]
+
+
+@pytest.fixture(scope="module")
+def voc_trained(tmp_path_factory):
+    """The tiny VOC-format fixture, and the output dir and results of a 4-iteration run on
+    its train split (--register-voc), evaluated on its val split."""
+    voc = write_voc_dataset(tmp_path_factory.mktemp("voc"))
+    output_dir = tmp_path_factory.mktemp("voc_train")
+    args = train_net.argument_parser().parse_args(
+        [
+            "--register-voc",
+            "voc_e2e_train",
+            str(voc.dirname),
+            "train",
+            "--register-voc",
+            "voc_e2e_val",
+            str(voc.dirname),
+            "val",
+            "--config-file",
+            str(QUICK_CONFIG),
+            "OUTPUT_DIR",
+            str(output_dir),
+            "DATASETS.TRAIN",
+            "('voc_e2e_train',)",
+            "DATASETS.TEST",
+            "('voc_e2e_val',)",
+            *VOC_OPTS,
+        ]
+    )
+    return voc, output_dir, train_net.main(args)
+
+
+def test_voc_trains_and_is_evaluated_by_the_voc_evaluator(voc_trained):
+    _, output_dir, results = voc_trained
+    # PascalVOCDetectionEvaluator's keys (COCOEvaluator's would include APs, APm, APl).
+    assert set(results["bbox"]) == {"AP", "AP50", "AP75"}
+    # Means over the 20 classes: NaN here, where the untrained model detects classes that the
+    # val split lacks (the evaluator as it is; README, "VOC evaluation").
+    assert all(math.isnan(v) or 0 <= v <= 100 for v in results["bbox"].values())
+    assert "Evaluating voc_e2e_val using 2012 metric" in (output_dir / "log.txt").read_text()
+    assert not (output_dir / "inference" / "voc_e2e_val" / "coco_instances_results.json").exists()
+    assert torch.load(output_dir / "model_final.pth", weights_only=False)["iteration"] == 3
+
+
+def test_voc_classes_json_holds_the_voc_names(voc_trained):
+    _, output_dir, _ = voc_trained
+    assert json.loads((output_dir / "classes.json").read_text()) == {
+        "names": list(VOC_CLASSES),
+        "category_ids": list(range(20)),
+        "dataset": "voc_e2e_train",
+    }
+
+
+def test_visualizer_and_demo_label_with_the_voc_names(voc_trained, tmp_path, monkeypatch):
+    """From the classes.json beside the weights, or, without one, from the dataset that
+    --register-voc registers for DATASETS.TEST."""
+    import shutil
+
+    import visualize_fcos
+
+    import demo
+
+    voc, output_dir, _ = voc_trained
+    image = str(voc.dirname / "JPEGImages" / "val_000.jpg")
+    drawn = []
+    original_draw = visualize_fcos.draw
+
+    def draw(image_rgb, model, per_level, detections, names, path):
+        drawn.append((list(names), len(detections[0])))
+        original_draw(image_rgb, model, per_level, detections, names, path)
+
+    monkeypatch.setattr(visualize_fcos, "draw", draw)
+    alone = tmp_path / "alone" / "model.pth"  # no classes.json beside it
+    alone.parent.mkdir()
+    shutil.copy(output_dir / "model_final.pth", alone)
+    for weights, register in (
+        (output_dir / "model_final.pth", []),
+        (alone, ["--register-voc", "voc_e2e_vis", str(voc.dirname), "val"]),
+    ):
+        picture = tmp_path / f"{weights.stem}.png"
+        code = visualize_fcos.main(
+            ["--input", image, "--config-file", str(QUICK_CONFIG), "--output", str(picture)]
+            + register
+            + [*VOC_OPTS, "MODEL.WEIGHTS", str(weights), "MODEL.DEVICE", "cpu"]
+            + ["DATASETS.TEST", "('voc_e2e_vis',)" if register else "()"]
+        )
+        assert code == 0 and picture.stat().st_size > 20_000
+    assert drawn == [(list(VOC_CLASSES), 5)] * 2
+
+    code = demo.main(
+        ["--config-file", str(QUICK_CONFIG), "--input", image, "--output", str(tmp_path / "demo")]
+        + ["--confidence-threshold", "0", *VOC_OPTS, "MODEL.DEVICE", "cpu"]
+        + ["MODEL.WEIGHTS", str(output_dir / "model_final.pth")]
+    )
+    detections = json.loads((tmp_path / "demo" / "detections.json").read_text())[image]
+    assert code == 0 and detections
+    assert {d["class_name"] for d in detections} <= set(VOC_CLASSES)
+    assert all(d["class_name"] == VOC_CLASSES[d["class_id"]] for d in detections)
