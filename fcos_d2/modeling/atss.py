@@ -17,7 +17,12 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .targets import IGNORE, MAX_PAIRS_PER_CHUNK, LocationGrid, _distances_to_sides, _inside_any
+from .targets import (
+    MAX_PAIRS_PER_CHUNK,
+    LocationGrid,
+    _distances_to_sides,
+    background_and_crowd,
+)
 
 INSIDE_MARGIN = 0.01  # px: a candidate's centre must be this far inside the box
 
@@ -96,20 +101,15 @@ def atss_assign_single_image(
         box_targets (R, 4) distances (l, t, r, b) in pixels, meaningful where positive.
     """
     num_locations = len(grid.points)
-    device = grid.points.device
-    labels = torch.full((num_locations,), num_classes, dtype=torch.int64, device=device)
-    box_targets = torch.zeros((num_locations, 4), dtype=torch.float32, device=device)
-    gt_boxes = gt_boxes.to(torch.float32)
-    if gt_is_crowd is not None and bool(gt_is_crowd.any()):
-        crowd_boxes = gt_boxes[gt_is_crowd]
-        gt_boxes, gt_classes = gt_boxes[~gt_is_crowd], gt_classes[~gt_is_crowd]
-        labels[_inside_any(grid.points, crowd_boxes)] = IGNORE
+    labels, box_targets, gt_boxes, gt_classes = background_and_crowd(
+        grid, gt_boxes, gt_classes, num_classes, gt_is_crowd
+    )
     if len(gt_boxes) == 0:
         return labels, box_targets
 
     anchors = location_anchors(grid, anchor_scale)  # (R, 4)
-    best_iou = torch.full((num_locations,), -1.0, device=device)
-    matched = torch.zeros(num_locations, dtype=torch.int64, device=device)
+    best_iou = torch.full((num_locations,), -1.0, device=labels.device)
+    matched = torch.zeros(num_locations, dtype=torch.int64, device=labels.device)
     chunk = max(1, MAX_PAIRS_PER_CHUNK // num_locations)  # boxes per chunk
     for start in range(0, len(gt_boxes), chunk):
         chunk_iou, chunk_match = _select_chunk(grid, anchors, gt_boxes[start : start + chunk], topk)

@@ -134,6 +134,31 @@ def _inside_any(points: Tensor, boxes: Tensor) -> Tensor:
     return inside
 
 
+def background_and_crowd(
+    grid: LocationGrid,
+    gt_boxes: Tensor,
+    gt_classes: Tensor,
+    num_classes: int,
+    gt_is_crowd: Optional[Tensor],
+) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Where every assignment starts: all locations background, those inside a crowd box
+    ignored, and the boxes to assign (the non-crowd ones, in float32).
+
+    Returns:
+        labels (R,), zero box_targets (R, 4), the boxes (M', 4) and their classes (M',).
+    """
+    num_locations = len(grid.points)
+    device = grid.points.device
+    labels = torch.full((num_locations,), num_classes, dtype=torch.int64, device=device)
+    box_targets = torch.zeros((num_locations, 4), dtype=torch.float32, device=device)
+    gt_boxes = gt_boxes.to(torch.float32)
+    if gt_is_crowd is not None and bool(gt_is_crowd.any()):
+        crowd_boxes = gt_boxes[gt_is_crowd]
+        gt_boxes, gt_classes = gt_boxes[~gt_is_crowd], gt_classes[~gt_is_crowd]
+        labels[_inside_any(grid.points, crowd_boxes)] = IGNORE
+    return labels, box_targets, gt_boxes, gt_classes
+
+
 def assign_targets_single_image(
     grid: LocationGrid,
     gt_boxes: Tensor,
@@ -163,15 +188,9 @@ def assign_targets_single_image(
         box_targets (R, 4) distances (l, t, r, b) in pixels, meaningful where positive.
     """
     num_locations = len(grid.points)
-    device = grid.points.device
-    labels = torch.full((num_locations,), num_classes, dtype=torch.int64, device=device)
-    box_targets = torch.zeros((num_locations, 4), dtype=torch.float32, device=device)
-
-    gt_boxes = gt_boxes.to(torch.float32)
-    if gt_is_crowd is not None and bool(gt_is_crowd.any()):
-        crowd_boxes = gt_boxes[gt_is_crowd]
-        gt_boxes, gt_classes = gt_boxes[~gt_is_crowd], gt_classes[~gt_is_crowd]
-        labels[_inside_any(grid.points, crowd_boxes)] = IGNORE
+    labels, box_targets, gt_boxes, gt_classes = background_and_crowd(
+        grid, gt_boxes, gt_classes, num_classes, gt_is_crowd
+    )
     if len(gt_boxes) == 0:
         return labels, box_targets
 
