@@ -35,7 +35,7 @@ from typing import List, Optional
 
 from detectron2.data import DatasetCatalog
 
-from fcos_d2.comparison import archive, runner, timing
+from fcos_d2.comparison import archive, inference_timing, runner, timing
 from fcos_d2.comparison.report import write_report
 from fcos_d2.config import setup_cfg
 from fcos_d2.data.coco_dataset import add_register_coco_argument, register_coco_datasets
@@ -152,6 +152,18 @@ def argument_parser() -> argparse.ArgumentParser:
     add_register_coco_argument(parser)
     parser.add_argument("--output", help="default output/compare (--full: output/compare_full)")
     parser.add_argument(
+        "--time-inference",
+        nargs="+",
+        metavar="RUN",
+        help="time these runs' final models (run directory names under --output/runs, with "
+        "their model_final.pth) back-to-back on the same images of the first --datasets "
+        f"set, writing {inference_timing.TIMING_FILE} to --output and --archive; the report "
+        "shows it",
+    )
+    parser.add_argument(
+        "--time-images", type=int, default=100, help="images --time-inference times (100)"
+    )
+    parser.add_argument(
         "--run-one",
         nargs=4,
         metavar=("CONFIG", "RUN_DIR", "SEED", "BUDGET_S"),
@@ -263,6 +275,16 @@ def read_clock(path: str) -> Optional[dict]:
         return timing.read_timing(path)
     except ValueError as error:
         raise SystemExit(f"{error}; delete it to time the models again") from None
+
+
+def read_inference_timing(args) -> Optional[dict]:
+    """The back-to-back inference timing in --output, else in --archive (None if neither)."""
+    for folder in filter(None, (args.output, args.archive)):
+        path = os.path.join(folder, inference_timing.TIMING_FILE)
+        if os.path.isfile(path):
+            with open(path) as f:
+                return json.load(f)
+    return None
 
 
 def ensure_timing(args, configs: List[str]) -> dict:
@@ -437,6 +459,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         plan_and_run(args, configs)
     if args.archive:  # runs trained before --archive was given, too
         archive.pack_runs(os.path.join(args.output, "runs"), args.archive, only_new=True)
+    if args.time_inference:
+        run_dirs = [os.path.join(args.output, "runs", name) for name in args.time_inference]
+        timed = inference_timing.time_inference(run_dirs, args.datasets[0], args.time_images)
+        for folder in filter(None, (args.output, args.archive)):
+            with open(os.path.join(folder, inference_timing.TIMING_FILE), "w") as f:
+                json.dump(timed, f, indent=1)
+        for name, model in timed["models"].items():
+            print(f"Inference {name}: {model['median_s']:.4f} s/image (median)", flush=True)
 
     summary = write_report(
         os.path.join(args.output, "runs"),
@@ -444,6 +474,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         num_resamples=args.resamples,
         command=" ".join(sys.argv),
         clock=read_clock(timing_file(args)),
+        inference=read_inference_timing(args),
     )
     for verdict in summary["verdicts"]:
         print(

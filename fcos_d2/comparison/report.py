@@ -9,8 +9,9 @@ import os
 from typing import Dict, List, Optional
 
 import numpy as np
+from tabulate import tabulate
 
-from . import bootstrap, convergence, plots, tables
+from . import bootstrap, convergence, inference_timing, plots, tables
 from .results import (
     AT_CONVERGENCE,
     ITERATIONS,
@@ -198,6 +199,30 @@ def _convergence_section(plateaus, all_results: List[DatasetResults]) -> List[st
     ]
 
 
+def _inference_section(inference: Optional[dict]) -> List[str]:
+    if not inference:
+        return []
+    rows = [
+        [
+            name,
+            f"{model['schedule_multiple']:g}×",
+            f"{model['median_s']:.4f}",
+            f"{model['mean_s']:.4f}",
+        ]
+        for name, model in inference["models"].items()
+    ]
+    return [
+        f"Inference timed back-to-back (`{inference_timing.TIMING_FILE}`): each run's final "
+        f"model on the same {inference['images']} images of {inference['dataset']}, "
+        f"{inference['threads']} threads, warm ({inference_timing.WARMUP_IMAGES} images run "
+        "untimed first), "
+        f"{inference['rounds']} rounds in alternating order; seconds per image:",
+        "",
+        tabulate(rows, headers=["run", "schedule", "median s/img", "mean s/img"], tablefmt="pipe"),
+        "",
+    ]
+
+
 def _shared_machine_notes(runs: List[dict]) -> List[str]:
     shared = [r for r in runs if r.get("shared_machine")]
     if not shared:
@@ -219,11 +244,13 @@ def write_report(
     seed: int = 0,
     command: str = "",
     clock: Optional[dict] = None,
+    inference: Optional[dict] = None,
 ) -> Dict:
     """Analyse every run under ``runs_root``; write report.md, plots and report.json there.
 
     ``clock``: the comparison's timing (``fcos_d2.comparison.timing``); training times are
-    taken on it, for the models it times."""
+    taken on it, for the models it times. ``inference``: trained models' inference timed
+    back-to-back (``inference_timing``), shown at convergence."""
     os.makedirs(output_dir, exist_ok=True)
     runs = load_runs(runs_root)
     if not runs:
@@ -264,6 +291,7 @@ def write_report(
         "![AP against training time](ap_vs_time.png)",
         "",
         *_convergence_section(plateaus, all_results),
+        *_inference_section(inference),
     ]
     for results in all_results:
         lines += [
@@ -359,6 +387,7 @@ def write_report(
             }
             for name, p in plateaus.items()
         },
+        "inference_timing": inference,
         "verdicts": records,
     }
     with open(os.path.join(output_dir, "report.json"), "w") as f:

@@ -130,6 +130,22 @@ def test_compare_cli_end_to_end_with_a_time_budget(monkeypatch, tmp_path):
     assert (runs_dir / runs[2] / "run.json").stat().st_mtime == modified[0]
     assert (tmp_path / "out" / "timing.json").stat().st_mtime == modified[1]
 
+    # The trained models' inference, back-to-back on the same images, in the report.
+    timed_runs = [
+        "FCOS_R_18_quick__iterations__seed0",
+        "mask_rcnn_R_18_shapes_cpu__iterations__seed0",
+    ]
+    assert (
+        compare.main(
+            ["--report-only", "--time-inference", *timed_runs, "--time-images", "3", *argv]
+        )
+        == 0
+    )
+    timed = json.loads((tmp_path / "out" / "inference_timing.json").read_text())
+    assert timed["images"] == 3 and set(timed["models"]) == set(timed_runs)
+    assert all(m["median_s"] > 0 for m in timed["models"].values())
+    assert "Inference timed back-to-back" in (tmp_path / "out" / "report.md").read_text()
+
     # A run from before proposals were recorded gets them from its model_final.pth: the
     # very numbers the run measured on its final model.
     from fcos_d2.comparison import runner
