@@ -49,10 +49,10 @@ FCOS_PROPOSALS_CONFIG = str(CONFIGS / "baselines" / "mask_rcnn_FCOS_RPN_R_18_sha
 TRAIN_DATASETS = '("shapes_train", "shapes_crowd_train")'
 VAL_DATASETS = ["shapes_val", "shapes_crowd_val"]
 # --quick: 120 of the shapes schedule's 1500 iterations (LR steps at the same 75% / 92%), one
-# seed, no time-budget runs, and FCOS again at twice that (the 'at convergence' path). With
-# 240 iterations of both models (no 2x) it took 13.7 min on a 2-core EPYC of medium speed,
-# Mask R-CNN's training and evaluations most of it. Warm-up 100 iterations: Mask R-CNN from
-# scratch diverged (NaN at iteration 40) after 30.
+# seed, no time-budget runs, and FCOS again at twice that (the 'at convergence' path): 7.5 min
+# on the 2-core EPYC at a fast speed probe (0.33 s). With 240 iterations of both models (no 2x)
+# it took 13.7 min at a medium one, Mask R-CNN's training and evaluations most of it.
+# Warm-up 100 iterations: Mask R-CNN from scratch diverged (NaN at iteration 40) after 30.
 # The clock: two rounds of 30 timed iterations per model after 10 untimed; --quick: one of 15.
 TIMING = {
     False: {"rounds": 2, "warmup": timing.WARMUP_ITERATIONS, "timed": timing.TIMED_ITERATIONS},
