@@ -8,6 +8,9 @@ Two sources are supported:
   ``head.regression_head``). Use it with ``configs/FCOS_R_50_torchvision.yaml``.
 * AdelaiDet's FCOS (e.g. ``FCOS_R_50_1x``): Detectron2 names for the backbone, the head
   under ``proposal_generator.fcos_head``.
+* The official FCOS (tianzhi0549/FCOS, e.g. ``FCOS_imprv_R_50_FPN_1x.pth``):
+  maskrcnn-benchmark's layout (``backbone.body`` ResNet / ResNeXt with FrozenBN, optional
+  DCNv2, ``backbone.fpn``, the head under ``rpn.head``). Use it with ``configs/official/``.
 
 A conversion never guesses: a key it does not know is an error that names it, and
 :func:`check_keys` compares the result with a model's ``state_dict()`` key by key and
@@ -71,14 +74,51 @@ _ADELAIDET_RULES: List[Rule] = [
 ]
 
 
-def _torchvision_level_names(name: str) -> str:
-    """Resolve the ``<stage:i>`` / ``<level:i>`` placeholders of a renamed key.
+# The official FCOS (maskrcnn-benchmark): ResNet stages layer1..layer4 as torchvision's; FPN
+# blocks fpn_inner2/3/4 and fpn_layer2/3/4 read C3, C4, C5.
+_OFFICIAL_FPN_LEVELS = {"2": "3", "3": "4", "4": "5"}
 
-    Raises:
-        KeyError: for an index that has no Detectron2 counterpart (e.g. ``layer5``).
-    """
-    tables = {"stage": _TORCHVISION_STAGES, "level": _TORCHVISION_FPN_LEVELS}
-    return re.sub(r"<(stage|level):(\d+)>", lambda m: tables[m.group(1)][m.group(2)], name)
+_MB_LAYER = r"backbone\.body\.layer(\d)\.(\d+)"
+
+_OFFICIAL_RULES: List[Rule] = [
+    (r"backbone\.body\.stem\.conv1\.weight", r"backbone.bottom_up.stem.conv1.weight"),
+    (rf"backbone\.body\.stem\.bn1\.{_BN}", r"backbone.bottom_up.stem.conv1.norm.\1"),
+    # DCNv2 blocks: maskrcnn-benchmark's DFConv2d holds the offset conv inside conv2.
+    (rf"{_MB_LAYER}\.conv2\.offset\.(weight|bias)", rf"{_D2_BLOCK}.conv2_offset.\3"),
+    (rf"{_MB_LAYER}\.conv2\.conv\.weight", rf"{_D2_BLOCK}.conv2.weight"),
+    (rf"{_MB_LAYER}\.conv(\d)\.weight", rf"{_D2_BLOCK}.conv\3.weight"),
+    (rf"{_MB_LAYER}\.bn(\d)\.{_BN}", rf"{_D2_BLOCK}.conv\3.norm.\4"),
+    (rf"{_MB_LAYER}\.downsample\.0\.weight", rf"{_D2_BLOCK}.shortcut.weight"),
+    (rf"{_MB_LAYER}\.downsample\.1\.{_BN}", rf"{_D2_BLOCK}.shortcut.norm.\3"),
+    (r"backbone\.fpn\.fpn_inner(\d)\.(weight|bias)", r"backbone.fpn_lateral<level:\1>.\2"),
+    (r"backbone\.fpn\.fpn_layer(\d)\.(weight|bias)", r"backbone.fpn_output<level:\1>.\2"),
+    (r"backbone\.fpn\.top_blocks\.(p6|p7)\.(weight|bias)", r"backbone.top_block.\1.\2"),
+    # Towers: (conv, GroupNorm, ReLU) x 4 as ours, a DFConv2d's offset / conv as ours too.
+    (r"rpn\.head\.cls_tower\.(\d+\.(?:offset\.|conv\.)?(?:weight|bias))", r"head.cls_tower.\1"),
+    (r"rpn\.head\.bbox_tower\.(\d+\.(?:offset\.|conv\.)?(?:weight|bias))", r"head.box_tower.\1"),
+    (r"rpn\.head\.cls_logits\.(weight|bias)", r"head.cls_logits.\1"),
+    (r"rpn\.head\.bbox_pred\.(weight|bias)", r"head.box_pred.\1"),
+    (r"rpn\.head\.centerness\.(weight|bias)", r"head.centerness.\1"),
+    (r"rpn\.head\.scales\.(\d+)\.scale", r"head.scales.\1.scale"),
+]
+
+# Detectron2's FrozenBatchNorm2d divides by sqrt(running_var + eps); maskrcnn-benchmark's
+# by sqrt(running_var).
+_DETECTRON2_FROZEN_BN_EPS = 1e-5
+
+
+def _level_names(stages: Mapping[str, str], levels: Mapping[str, str]) -> Callable[[str], str]:
+    """A function resolving the ``<stage:i>`` / ``<level:i>`` placeholders of a renamed key
+    with these tables; it raises KeyError for an index that has no Detectron2 counterpart
+    (e.g. ``layer5``)."""
+    tables = {"stage": stages, "level": levels}
+    return lambda name: re.sub(
+        r"<(stage|level):(\d+)>", lambda m: tables[m.group(1)][m.group(2)], name
+    )
+
+
+_torchvision_level_names = _level_names(_TORCHVISION_STAGES, _TORCHVISION_FPN_LEVELS)
+_official_level_names = _level_names(_TORCHVISION_STAGES, _OFFICIAL_FPN_LEVELS)
 
 
 def _rename(
@@ -242,6 +282,13 @@ def convert_torchvision_fcos(
     return converted
 
 
+def _scales_to_scalars(converted: Dict[str, Tensor]) -> None:
+    """Each level's scale, a (1,) tensor in AdelaiDet and the official code, as a scalar."""
+    for name, value in converted.items():
+        if name.startswith("head.scales.") and value.numel() == 1:
+            converted[name] = value.reshape(())  # (1,) -> ()
+
+
 _DEFORMABLE_BIAS = re.compile(r"head\.(cls|box)_tower\.\d+\.conv\.bias")
 
 
@@ -287,10 +334,112 @@ def convert_adelaidet_fcos(
             respect to ``model_state``.
     """
     converted, origin = _rename(state_dict, _ADELAIDET_RULES, "AdelaiDet FCOS")
-    for name, value in converted.items():
-        if name.startswith("head.scales.") and value.numel() == 1:
-            converted[name] = value.reshape(())  # (1,) -> ()
+    _scales_to_scalars(converted)
     if model_state is not None:
         converted.update(_zero_deformable_biases(converted, model_state))
         check_keys(converted, model_state, origin)
     return converted
+
+
+def _frozen_bn_variance_for_detectron2(converted: Dict[str, Tensor], origin: Mapping[str, str]):
+    """Lower each backbone BatchNorm's ``running_var`` by Detectron2's eps, in place.
+
+    maskrcnn-benchmark's FrozenBatchNorm2d scales by 1 / sqrt(var), Detectron2's by
+    1 / sqrt(var + 1e-5): with var - 1e-5 both compute the same. (The published
+    checkpoints hold var = 1, from Caffe2's affine-only ImageNet models.)
+
+    Raises:
+        ValueError: naming a variance too small to lower (not from a trained model).
+    """
+    for name in [n for n in converted if n.startswith("backbone.") and n.endswith("running_var")]:
+        variance = converted[name]
+        if not bool((variance > _DETECTRON2_FROZEN_BN_EPS).all()):
+            raise ValueError(
+                f"{origin[name]}: a frozen BatchNorm variance <= {_DETECTRON2_FROZEN_BN_EPS} "
+                "cannot be carried over to Detectron2's FrozenBatchNorm2d (eps 1e-5)"
+            )
+        converted[name] = variance - _DETECTRON2_FROZEN_BN_EPS
+
+
+def convert_official_fcos(
+    state_dict: Mapping[str, Tensor],
+    model_state: Optional[Mapping[str, Tensor]] = None,
+) -> Dict[str, Tensor]:
+    """Rename an official FCOS state dict (maskrcnn-benchmark layout) to fcos_d2's names.
+
+    ``backbone.body`` (ResNet / ResNeXt, FrozenBN, DCNv2 blocks as ``conv2.offset`` /
+    ``conv2.conv``) becomes Detectron2's ``backbone.bottom_up``; ``backbone.fpn``'s
+    ``fpn_inner{2,3,4}`` / ``fpn_layer{2,3,4}`` / ``top_blocks`` become
+    ``backbone.fpn_lateral{3,4,5}`` / ``fpn_output{3,4,5}`` / ``top_block``; ``rpn.head``
+    becomes ``head`` (``bbox_tower`` -> ``box_tower``, ``bbox_pred`` -> ``box_pred``).
+    Scales become scalars and frozen BatchNorm variances are lowered by Detectron2's eps
+    (see :func:`_frozen_bn_variance_for_detectron2`), so the converted model computes
+    the official function. Strip a DistributedDataParallel ``module.`` prefix first.
+
+    Args:
+        state_dict: the ``"model"`` entry of an official FCOS checkpoint.
+        model_state: if given, the ``state_dict()`` of the target model (a config of
+            ``configs/official/``); the result must then fill exactly its keys with its
+            shapes.
+
+    Returns:
+        The renamed tensors.
+
+    Raises:
+        ValueError: naming unknown keys, or missing / unexpected / misshapen keys with
+            respect to ``model_state``.
+    """
+    converted, origin = _rename(state_dict, _OFFICIAL_RULES, "official FCOS", _official_level_names)
+    _scales_to_scalars(converted)
+    _frozen_bn_variance_for_detectron2(converted, origin)
+    if model_state is not None:
+        converted.update(_zero_deformable_biases(converted, model_state))
+        check_keys(converted, model_state, origin)
+    return converted
+
+
+# The official FCOS model zoo's backbones: (blocks in layer3, bottleneck channels of layer1,
+# channels per group) -> the name in its file names. Published: R-50 at 1x, the rest at 2x.
+_OFFICIAL_BACKBONES = {
+    (6, 64, 64): ("R_50", "1x"),
+    (23, 64, 64): ("R_101", "2x"),
+    (23, 256, 8): ("X_101_32x8d", "2x"),
+    (23, 256, 4): ("X_101_64x4d", "2x"),
+}
+
+
+def official_model_name(state_dict: Mapping[str, Tensor]) -> str:
+    """The official model-zoo name of an official FCOS state dict, read from its shapes.
+
+    E.g. ``FCOS_imprv_dcnv2_R_50_FPN_1x``: the depth (blocks of ``layer3``), the ResNeXt
+    groups (``layer1.0.conv2``), DCNv2 (an offset conv in the backbone). ``configs/official/``
+    has a config of each name.
+
+    Raises:
+        ValueError: for a state dict that is not one of the published backbones.
+    """
+    blocks = {
+        int(m.group(1))
+        for key in state_dict
+        if (m := re.fullmatch(r"backbone\.body\.layer3\.(\d+)\.conv1\.weight", key))
+    }
+    conv2 = state_dict.get("backbone.body.layer1.0.conv2.weight")
+    if conv2 is None:
+        conv2 = state_dict.get("backbone.body.layer1.0.conv2.conv.weight")
+    if not blocks or conv2 is None:
+        raise ValueError(
+            "not an official FCOS checkpoint: no backbone.body.layer3 / layer1.0.conv2 weights"
+        )
+    channels, per_group = int(conv2.shape[0]), int(conv2.shape[1])
+    backbone = _OFFICIAL_BACKBONES.get((max(blocks) + 1, channels, per_group))
+    if backbone is None:
+        raise ValueError(
+            f"an official FCOS backbone with {max(blocks) + 1} blocks in layer3 and "
+            f"{channels} channels in groups of {per_group} is not among the published "
+            "R-50, R-101, X-101-32x8d, X-101-64x4d; pass --config-file"
+        )
+    deformable = any(
+        re.fullmatch(r"backbone\.body\.layer\d\.\d+\.conv2\.offset\.weight", k) for k in state_dict
+    )
+    name, schedule = backbone
+    return f"FCOS_imprv_{'dcnv2_' if deformable else ''}{name}_FPN_{schedule}"

@@ -276,5 +276,5 @@ def test_tool_reads_wrapped_and_data_parallel_state_dicts(tmp_path):
     torch.save({"state_dict": {"module.head.x": torch.ones(2)}, "epoch": 3}, tmp_path / "a.pth")
     torch.save({"model": weights}, tmp_path / "b.pth")
     for name in ("a.pth", "b.pth"):
-        state = convert_torchvision.load_torchvision_state_dict(str(tmp_path / name))
+        state = convert_torchvision.load_state_dict_file(str(tmp_path / name))
         assert list(state) == ["head.x"]

@@ -20,6 +20,13 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import ImageList, Instances
+from parity_helpers import (
+    BOX_TOL,
+    SCORE_TOL,
+    assert_same_detections,
+    detection_differences,
+    make_images,
+)
 from torch import Tensor, nn
 from torchvision.models.detection import FCOS_ResNet50_FPN_Weights, fcos_resnet50_fpn
 from torchvision.models.detection.image_list import ImageList as TorchvisionImageList
@@ -43,29 +50,10 @@ IMAGE_SIZES = [(224, 320), (320, 200)]
 MAX_SIZE = 320
 
 
-SCORE_TOL = 1e-4
-
-
-BOX_TOL = 1e-2  # pixels
-
-
 HEAD_TOL = 1e-4
 
 
 FEATURE_RTOL = 1e-4  # of the largest activation of a level
-
-
-def make_images(seed: int = 0) -> List[Tensor]:
-    """0-255 RGB float images (3, H, W) of ``IMAGE_SIZES``: smooth noise, so that the
-    features vary from place to place like a picture's."""
-    g = torch.Generator().manual_seed(seed)
-    images = []
-    for height, width in IMAGE_SIZES:
-        coarse = torch.rand(1, 3, height // 16, width // 16, generator=g)
-        smooth = nn.functional.interpolate(coarse, size=(height, width), mode="bilinear")[0]
-        fine = torch.rand(3, height, width, generator=g)
-        images.append((0.8 * smooth + 0.2 * fine) * 255)  # (3, H, W)
-    return images
 
 
 def make_torchvision_fcos(images: List[Tensor]) -> nn.Module:
@@ -133,7 +121,7 @@ def build_ours(weights: Path, opts: Tuple[str, ...] = ()) -> nn.Module:
 
 @pytest.fixture(scope="module")
 def images() -> List[Tensor]:
-    return make_images()
+    return make_images(IMAGE_SIZES)
 
 
 @pytest.fixture(scope="module")
@@ -192,57 +180,6 @@ def nonempty(detections: Dict[str, Tensor]) -> Dict[str, Tensor]:
     boxes = detections["boxes"]  # (D, 4)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return {k: v[keep] for k, v in detections.items()}
-
-
-def match_detections(reference: Dict[str, Tensor], ours: Instances) -> Tensor:
-    """Pairs (reference index, our index), reference best score first.
-
-    Each reference detection gets the unpaired detection of ours with the same class, a
-    score within ``SCORE_TOL`` and the closest box. Near-equal scores may be ordered
-    differently by the two models; this pairing does not depend on that order.
-
-    Raises:
-        AssertionError: when the counts differ or a detection has no counterpart.
-    """
-    assert len(reference["scores"]) == len(ours), (
-        f"torchvision found {len(reference['scores'])} detections, fcos_d2 {len(ours)}"
-    )
-    boxes = ours.pred_boxes.tensor  # (D, 4)
-    free = torch.ones(len(ours), dtype=torch.bool)
-    matches = []
-    for i in reference["scores"].argsort(descending=True).tolist():
-        candidates = (
-            free
-            & (ours.pred_classes == reference["labels"][i])
-            & ((ours.scores - reference["scores"][i]).abs() <= SCORE_TOL)
-        )
-        assert candidates.any(), (
-            f"no fcos_d2 detection matches torchvision's class {reference['labels'][i]} "
-            f"score {reference['scores'][i]:.6f} box {reference['boxes'][i].tolist()}"
-        )
-        distance = (boxes - reference["boxes"][i]).abs().amax(dim=1)  # (D,)
-        j = int(torch.where(candidates, distance, torch.inf).argmin())
-        free[j] = False
-        matches.append((i, j))
-    return torch.tensor(matches, dtype=torch.long).reshape(-1, 2)  # (D, 2) pairs (i, j)
-
-
-def detection_differences(reference: Dict[str, Tensor], ours: Instances) -> Tuple[float, float]:
-    """Max |score difference| and max |box coordinate difference| over matched pairs."""
-    pairs = match_detections(reference, ours)
-    if len(pairs) == 0:
-        return 0.0, 0.0
-    i, j = pairs[:, 0], pairs[:, 1]
-    score = (reference["scores"][i] - ours.scores[j]).abs().max().item()
-    box = (reference["boxes"][i] - ours.pred_boxes.tensor[j]).abs().max().item()
-    return score, box
-
-
-def assert_same_detections(reference: List[Dict[str, Tensor]], ours: List[Instances]) -> None:
-    for image_index, (ref, mine) in enumerate(zip(reference, ours)):
-        score, box = detection_differences(nonempty(ref), mine)
-        assert score <= SCORE_TOL, f"image {image_index}: scores differ by {score}"
-        assert box <= BOX_TOL, f"image {image_index}: boxes differ by {box} px"
 
 
 def flatten_levels(per_level: List[Tensor]) -> Tensor:
@@ -308,7 +245,7 @@ def test_same_detections(torchvision_detections, our_detections):
         assert mine.image_size == size
         assert len(mine) >= 5, "too few detections for a meaningful comparison"
         assert mine.pred_boxes.nonempty().all()
-    assert_same_detections(torchvision_detections, our_detections)
+    assert_same_detections([nonempty(d) for d in torchvision_detections], our_detections)
 
 
 def test_inference_matches_on_identical_head_outputs(torchvision_model, our_model):
@@ -374,7 +311,7 @@ def test_comparison_fails_with_cell_centred_locations(
     which the comparison must notice."""
     shifted = build_ours(converted_file, ("MODEL.FCOS.LOCATION_OFFSET", "0.5"))
     with pytest.raises(AssertionError, match="detections|boxes differ"):
-        assert_same_detections(torchvision_detections[:1], run_ours(shifted, images[:1]))
+        assert_same_detections([nonempty(torchvision_detections[0])], run_ours(shifted, images[:1]))
 
 
 def test_config_has_as_many_parameters_as_torchvision_coco_weights():

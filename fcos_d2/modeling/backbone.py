@@ -5,6 +5,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, Backbone, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
+from .deformable import torchvision_deformable_convs
 from .speedups import fold_frozen_batchnorm
 
 
@@ -13,8 +14,11 @@ def build_fcos_resnet_fpn_backbone(cfg, input_shape: ShapeSpec) -> Backbone:
     """Build ResNet + FPN, with P6/P7 computed from P5 (default) or C5.
 
     ``MODEL.FCOS.TOP_LEVELS`` = 0 gives a pyramid of the FPN levels alone (e.g. P3-P5).
+    Deformable convs (``MODEL.RESNETS.DEFORM_ON_PER_STAGE``) run on torchvision's kernel,
+    so that they work on the CPU and without Detectron2's compiled extension.
     """
-    bottom_up = build_resnet_backbone(cfg, input_shape)
+    with torchvision_deformable_convs():
+        bottom_up = build_resnet_backbone(cfg, input_shape)
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top_levels = cfg.MODEL.FCOS.TOP_LEVELS
     if top_levels == 0:
