@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fcos_d2-installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup test lint demo clean gpu-wheels gpu-check
+.PHONY: setup test lint demo clean gpu-wheels gpu-check bench-check
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ lint: setup
 
 demo: setup
 	$(PY) tools/run_demo.py
+
+# Before stopping, on an idle machine: fcos_d2 vs Detectron2's FCOS, interleaved, beside the
+# last ratios in docs/benchmark/cpu.json (prints; never fails). Add ARGS=--record to append.
+bench-check: setup
+	$(PY) tools/bench_check.py $(ARGS)
 
 # Wheels for a lent GPU machine (no network there; torch is already installed): carry .whl/.
 gpu-wheels: setup

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""fcos_d2 against Detectron2's FCOS, interleaved, beside the last recorded ratios.
+
+    make bench-check                      # 512x640 on the CPU, 5 repetitions of each
+    python tools/bench_check.py --record  # and append this run to docs/benchmark/cpu.json
+
+Run it on an otherwise idle machine before stopping, after a change to the model: a
+ratio that rose since the last record is a speed regression to find. It prints and
+exits 0 whatever the figures; it is not a test (wall-clock times do not belong there).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fcos_d2.benchmark.check import format_check, interleaved_timings, last_record, record
+
+REPO = Path(__file__).resolve().parents[1]
+RECORDS = REPO / "docs" / "benchmark" / "cpu.json"
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config-file", default=str(REPO / "configs" / "FCOS_R_50_1x.yaml"))
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE")
+    parser.add_argument("--height", type=int, default=512)
+    parser.add_argument("--width", type=int, default=640)
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--num-boxes", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.0, help="0: post-processing does its full work"
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--records", default=str(RECORDS), help="the JSON list of past checks")
+    parser.add_argument("--record", action="store_true", help="append this check to --records")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = argument_parser().parse_args(argv)
+    records = Path(args.records)
+    previous = last_record(records)
+    current = record(interleaved_timings(args), args)
+    print(format_check(current, previous))
+    if args.record:
+        history = json.loads(records.read_text()) if records.is_file() else []
+        records.parent.mkdir(parents=True, exist_ok=True)
+        records.write_text(json.dumps(history + [current], indent=1) + "\n")
+        print(f"recorded in {records}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
