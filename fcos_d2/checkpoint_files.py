@@ -4,6 +4,7 @@ Shared by ``tools/convert_torchvision.py`` and ``tools/convert_official.py``: ev
 with a file is a :class:`ConversionError` that names it.
 """
 
+import argparse
 import os
 import pickle
 from pathlib import Path
@@ -52,6 +53,15 @@ def load_state_dict_file(path: str, allow_pickle: bool = False) -> Dict[str, Ten
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def add_allow_pickle_argument(parser: argparse.ArgumentParser) -> None:
+    """The converters' ``--allow-pickle`` flag (see :func:`load_state_dict_file`)."""
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read checkpoints that hold pickled objects (only files you trust)",
+    )
 
 
 def model_state_of_config(config_file: str, num_classes: int) -> Dict[str, Tensor]:

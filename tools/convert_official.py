@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 from fcos_d2.checkpoint_files import (  # noqa: E402
     ConversionError,
+    add_allow_pickle_argument,
     load_state_dict_file,
     model_state_of_config,
     save_converted,
@@ -45,11 +46,7 @@ def argument_parser() -> argparse.ArgumentParser:
         help="the fcos_d2 config whose model the result must fit "
         "(default: the configs/official/ config the weights' shapes name)",
     )
-    parser.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="read checkpoints that hold pickled objects (only files you trust)",
-    )
+    add_allow_pickle_argument(parser)
     return parser
 
 
