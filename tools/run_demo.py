@@ -132,7 +132,14 @@ def main(opts: List[str]) -> int:
         f"FCOS on {val_name} ({len(MetadataCatalog.get(val_name).thing_classes)} classes), "
         f"trained from scratch in {train_minutes:.1f} min"
     )
-    print(tabulate([[f"{bbox[k]:.1f}" for k in bbox]], headers=list(bbox), tablefmt="pipe"))
+    print(
+        tabulate(
+            [[f"{bbox[k]:.1f}" for k in bbox]],
+            headers=list(bbox),
+            tablefmt="pipe",
+            disable_numparse=True,
+        )
+    )
     print(f"Drawn predictions: {drawn_dir}/")
     with open(os.path.join(cfg.OUTPUT_DIR, "demo_summary.json"), "w") as f:
         json.dump({"train_and_eval_minutes": train_minutes, "bbox": bbox}, f, indent=1)
