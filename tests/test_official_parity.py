@@ -51,6 +51,9 @@ def official_core():
     try:
         return import_official(CACHE)
     except RuntimeError as e:
+        # The reference is third-party code fetched from PyPI at test time (issue 34 asks
+        # for exactly this skip): without network there is nothing to compare against.
+        # The conversion itself is still tested offline in test_official_conversion.py.
         pytest.skip(f"the official FCOS code cannot be installed here: {e}")
 
 
