@@ -14,7 +14,13 @@ import json
 import sys
 from pathlib import Path
 
-from fcos_d2.benchmark.check import format_check, interleaved_timings, last_record, record
+from fcos_d2.benchmark.check import (
+    add_check_arguments,
+    format_check,
+    interleaved_timings,
+    last_record,
+    record,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RECORDS = REPO / "docs" / "benchmark" / "cpu.json"
@@ -22,19 +28,9 @@ RECORDS = REPO / "docs" / "benchmark" / "cpu.json"
 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config-file", default=str(REPO / "configs" / "FCOS_R_50_1x.yaml"))
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE")
+    add_check_arguments(parser, str(REPO / "configs" / "FCOS_R_50_1x.yaml"))
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--train-batch", type=int, default=2)
-    parser.add_argument("--num-boxes", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--score-thresh", type=float, default=0.0, help="0: post-processing does its full work"
-    )
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--records", default=str(RECORDS), help="the JSON list of past checks")
     parser.add_argument("--record", action="store_true", help="append this check to --records")
     return parser

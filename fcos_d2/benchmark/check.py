@@ -13,10 +13,11 @@ import json
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from detectron2.utils.events import EventStorage
+from torch import nn
 
 from .contenders import BUILDERS, Contender
 from .inputs import make_samples
@@ -26,6 +27,21 @@ from .runner import environment
 
 MODELS = ("fcos_d2", "d2_fcos")
 PHASES = ("train", "infer")
+
+
+def add_check_arguments(parser: argparse.ArgumentParser, config_file: str) -> None:
+    """The settings :func:`model_steps` and :func:`interleave` read, on ``parser``."""
+    parser.add_argument("--config-file", default=config_file)
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY VALUE")
+    parser.add_argument("--train-batch", type=int, default=2)
+    parser.add_argument("--num-boxes", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--score-thresh", type=float, default=0.0, help="0: post-processing does its full work"
+    )
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
 
 def _phase_steps(contender: Contender, train_samples, infer_samples) -> Dict[str, Callable]:
@@ -55,33 +71,56 @@ def _timed(step: Callable, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_timings(args: argparse.Namespace) -> Dict[str, Dict[str, List[float]]]:
-    """Seconds of each phase of each model: ``{model: {phase: [s, ...]}}``.
+def model_steps(
+    args: argparse.Namespace,
+) -> Tuple[Dict[str, Dict[str, Callable]], Dict[str, nn.Module]]:
+    """One training step and one inference of each of :data:`MODELS`, as callables
+    (``{model: {phase: step}}``), on the same random images; and the models by name.
 
     Args:
         args: ``tools/bench_check.py``'s settings (config_file, opts, score_thresh, height,
-            width, train_batch, num_boxes, warmup, reps, seed, device).
+            width, train_batch, num_boxes, seed, device).
     """
     device = torch.device(args.device)
     generator = torch.Generator().manual_seed(args.seed)
     size = (args.height, args.width)
     train_samples = make_samples(generator, args.train_batch, *size, args.num_boxes)
     infer_samples = make_samples(generator, 1, *size, args.num_boxes)
-    steps = {}
+    steps, models = {}, {}
     for name in MODELS:
         torch.manual_seed(args.seed)
-        steps[name] = _phase_steps(BUILDERS[name](args, device), train_samples, infer_samples)
-    seconds = {name: {phase: [] for phase in PHASES} for name in MODELS}
+        contender = BUILDERS[name](args, device)
+        models[name] = contender.model
+        steps[name] = _phase_steps(contender, train_samples, infer_samples)
+    return steps, models
+
+
+def interleaved_timings(args: argparse.Namespace) -> Dict[str, Dict[str, List[float]]]:
+    """Seconds of each phase of each model: ``{model: {phase: [s, ...]}}`` (``args`` as
+    :func:`model_steps` reads them, and warmup, reps)."""
+    steps, _ = model_steps(args)
+    return interleave(steps, torch.device(args.device), args.warmup, args.reps)
+
+
+def interleave(
+    steps: Dict[str, Dict[str, Callable]], device: torch.device, warmup: int, reps: int
+) -> Dict[str, Dict[str, List[float]]]:
+    """Time ``steps`` (``{name: {phase: step}}``) in alternation: ``warmup`` untimed turns,
+    then ``reps`` timed ones, each turn one call of every step, the order of the names
+    reversed every other turn. Returns ``{name: {phase: [s, ...]}}``."""
+    names = list(steps)
+    seconds = {name: {phase: [] for phase in steps[name]} for name in names}
     with EventStorage():  # Detectron2's models log training scalars to it
-        for _ in range(args.warmup):
-            for name in MODELS:
-                for phase in PHASES:
-                    steps[name][phase]()
-        for rep in range(args.reps):
-            order = MODELS if rep % 2 == 0 else MODELS[::-1]
+        for _ in range(warmup):
+            for name in names:
+                for step in steps[name].values():
+                    step()
+        for rep in range(reps):
+            order = names if rep % 2 == 0 else names[::-1]
             for phase in PHASES:
                 for name in order:
-                    seconds[name][phase].append(_timed(steps[name][phase], device))
+                    if phase in steps[name]:
+                        seconds[name][phase].append(_timed(steps[name][phase], device))
     return seconds
 
 
