@@ -10,12 +10,12 @@ exits 0 whatever the figures; it is not a test (wall-clock times do not belong t
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from fcos_d2.benchmark.check import (
     add_check_arguments,
+    append_record,
     format_check,
     interleaved_timings,
     last_record,
@@ -43,9 +43,7 @@ def main(argv=None) -> int:
     current = record(interleaved_timings(args), args)
     print(format_check(current, previous))
     if args.record:
-        history = json.loads(records.read_text()) if records.is_file() else []
-        records.parent.mkdir(parents=True, exist_ok=True)
-        records.write_text(json.dumps(history + [current], indent=1) + "\n")
+        append_record(records, current)
         print(f"recorded in {records}")
     return 0
 

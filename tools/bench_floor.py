@@ -13,13 +13,12 @@ it prints, and with ``--record`` appends its figures to docs/benchmark/floor_cpu
 
 import argparse
 import datetime
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from fcos_d2.benchmark.check import add_check_arguments
+from fcos_d2.benchmark.check import add_check_arguments, append_record
 from fcos_d2.benchmark.conv_floor import floor_timings, format_floor
 from fcos_d2.benchmark.runner import environment
 
@@ -56,8 +55,6 @@ def main(argv=None) -> int:
         print(format_floor((height, width), timings), flush=True)
         results.append({"size": [height, width], **timings})
     if args.record:
-        records = Path(args.records)
-        history = json.loads(records.read_text()) if records.is_file() else []
         entry = {
             "date": datetime.date.today().isoformat(),
             "environment": environment(torch.device(args.device)),
@@ -67,9 +64,8 @@ def main(argv=None) -> int:
             "reps": args.reps,
             "results": results,
         }
-        records.parent.mkdir(parents=True, exist_ok=True)
-        records.write_text(json.dumps(history + [entry], indent=1) + "\n")
-        print(f"recorded in {records}")
+        append_record(Path(args.records), entry)
+        print(f"recorded in {args.records}")
     return 0
 
 

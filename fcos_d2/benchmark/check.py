@@ -157,6 +157,13 @@ def last_record(path: Path) -> Optional[dict]:
     return records[-1] if records else None
 
 
+def append_record(path: Path, entry: dict) -> None:
+    """Add ``entry`` at the end of the JSON list in ``path`` (made if absent)."""
+    history = json.loads(path.read_text()) if path.is_file() else []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(history + [entry], indent=1) + "\n")
+
+
 def format_check(current: dict, previous: Optional[dict]) -> str:
     """The table a developer reads: each phase's ratio now and when last recorded."""
 
