@@ -101,8 +101,8 @@ def record_convolutions(model: nn.Module, run: Callable[[], object]) -> List[Con
 def floor_step(calls: List[ConvCall], training: bool, seed: int = 0) -> Callable[[], None]:
     """A callable replaying ``calls`` as bare convolutions (see the module docstring).
 
-    The inputs, weights and output gradients are made once, here, in each call's memory
-    format; the callable does only the convolutions.
+    The inputs and weights are made once, here, in each call's memory format, and each
+    output gradient at the first call; after that the callable does only the convolutions.
     """
     generator = torch.Generator().manual_seed(seed)
     prepared = []
