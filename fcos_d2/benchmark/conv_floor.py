@@ -27,6 +27,7 @@ from detectron2.utils.events import EventStorage
 from torch import Tensor, nn
 
 from .check import PHASES, interleave, model_steps
+from .conv_profile import convolution_seconds, format_convolution_seconds
 
 FLOOR_NAMES = ("fcos_d2", "d2_fcos", "conv_floor")
 
@@ -155,7 +156,9 @@ def floor_timings(args) -> dict:
 
     Returns:
         ``{"seconds": {name: {phase: [s, ...]}}, "conv_gflops": {name: {phase: GFLOPs}},
-        "conv_calls": {phase: count}}``, names fcos_d2, d2_fcos and conv_floor.
+        "conv_calls": {phase: count}, "inside_steps": {name: {phase: figures}}}``, names
+        fcos_d2, d2_fcos and conv_floor; "inside_steps" (CPU only) holds each step's own
+        convolution seconds by the profiler (:func:`.conv_profile.convolution_seconds`).
     """
     device = torch.device(args.device)
     steps, models = model_steps(args)
@@ -172,11 +175,18 @@ def floor_timings(args) -> dict:
         }
     ours = calls["fcos_d2"]
     steps["conv_floor"] = {phase: floor_step(ours[phase], phase == "train") for phase in PHASES}
-    return {
+    timings = {
         "seconds": interleave(steps, device, args.warmup, args.reps),
         "conv_gflops": gflops,
         "conv_calls": {phase: len(ours[phase]) for phase in PHASES},
     }
+    if device.type == "cpu":  # on a GPU the profiler's CPU times are launches, not kernels
+        with EventStorage():
+            timings["inside_steps"] = {
+                name: {phase: convolution_seconds(step) for phase, step in by_phase.items()}
+                for name, by_phase in steps.items()
+            }
+    return timings
 
 
 def format_floor(size: Tuple[int, int], timings: dict) -> str:
@@ -209,4 +219,6 @@ def format_floor(size: Tuple[int, int], timings: dict) -> str:
         + f"; the floor replays fcos_d2's {timings['conv_calls']['train']} / "
         f"{timings['conv_calls']['infer']} convolutions"
     )
+    if "inside_steps" in timings:
+        lines.append(format_convolution_seconds(timings["inside_steps"]))
     return "\n".join(lines)

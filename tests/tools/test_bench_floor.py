@@ -3,6 +3,7 @@ convolutions are recorded, with what settings and gradient needs, and that the r
 runs exactly the forwards and backwards the model ran."""
 
 import json
+import time
 
 import bench_floor  # tools/, on the path from conftest
 import pytest
@@ -11,6 +12,7 @@ from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
 from fcos_d2.benchmark.conv_floor import ConvCall, floor_step, record_convolutions
+from fcos_d2.benchmark.conv_profile import convolution_seconds, format_convolution_seconds
 
 
 def small_network() -> nn.Sequential:
@@ -64,13 +66,8 @@ def test_forward_flops_by_hand():
 
 def count_ops(step) -> dict:
     """How many convolution forwards and backwards ``step()`` runs."""
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
-    names = [event.name for event in prof.events()]
-    return {
-        "forward": names.count("aten::convolution"),
-        "backward": names.count("aten::convolution_backward"),
-    }
+    figures = convolution_seconds(step, reps=1)
+    return {"forward": figures["forward_calls"], "backward": figures["backward_calls"]}
 
 
 def test_the_replay_runs_the_model_convolutions_forwards_and_backwards():
@@ -85,6 +82,23 @@ def test_the_replay_runs_the_model_convolutions_forwards_and_backwards():
     assert model_ops == {"forward": 3, "backward": 2}  # the frozen stem has no backward
     assert count_ops(floor_step(calls, training=True)) == model_ops
     assert count_ops(floor_step(calls, training=False)) == {"forward": 3, "backward": 0}
+
+
+def test_profiled_convolution_time_leaves_out_the_rest_of_the_step():
+    network = small_network()
+    image = torch.randn(2, 3, 64, 80)
+    pause = 0.05
+
+    def training_step():
+        time.sleep(pause)  # not a convolution: in the step's time, not in the convs'
+        network(image).sum().backward()
+
+    figures = convolution_seconds(training_step, reps=2)
+    assert figures["forward_calls"] == 3 and figures["backward_calls"] == 2
+    assert figures["forward"] > 0 and figures["backward"] > 0
+    assert figures["step"] - figures["forward"] - figures["backward"] >= pause
+    text = format_convolution_seconds({"net": {"train": figures}})
+    assert text.splitlines()[1].startswith("train  net ")
 
 
 @pytest.mark.slow
@@ -103,6 +117,9 @@ def test_tool_prints_the_three_and_records(tmp_path, capsys):
     flops = result["conv_gflops"]
     assert flops["fcos_d2"]["infer"] == pytest.approx(flops["d2_fcos"]["infer"], rel=0.02)
     assert result["conv_calls"]["train"] > 50
+    assert "inside each step" in out
+    inside = result["inside_steps"]["fcos_d2"]
+    assert inside["train"]["backward_calls"] > 0 and inside["infer"]["backward_calls"] == 0
 
 
 def test_bad_size_is_a_named_error(capsys):
