@@ -11,15 +11,14 @@ with outputs within 1e-5 (bf16 cannot be: it is reported for what it would give)
 """
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
-import torch
-from bench_floor import image_size
-
-from fcos_d2.benchmark.check import add_check_arguments, append_record
-from fcos_d2.benchmark.runner import environment
+from fcos_d2.benchmark.check import (
+    add_check_arguments,
+    add_size_and_record_arguments,
+    run_at_sizes,
+)
 from fcos_d2.benchmark.variants import VARIANTS, format_variants, variant_timings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,36 +28,15 @@ RECORDS = REPO / "docs" / "benchmark" / "speedups_cpu.json"
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_check_arguments(parser, str(REPO / "configs" / "FCOS_R_50_1x.yaml"))
-    parser.add_argument(
-        "--sizes", type=image_size, nargs="+", default=[(512, 640), (800, 1333)], metavar="HxW"
-    )
+    add_size_and_record_arguments(parser, RECORDS)
     choices = [name for name in VARIANTS if name != "default"]
     parser.add_argument("--variants", nargs="+", choices=choices, default=choices)
-    parser.add_argument("--records", default=str(RECORDS), help="the JSON list of past runs")
-    parser.add_argument("--record", action="store_true", help="append this run to --records")
     return parser
 
 
 def main(argv=None) -> int:
     args = argument_parser().parse_args(argv)
-    results = []
-    for height, width in args.sizes:
-        args.height, args.width = height, width
-        timings = variant_timings(args, args.variants)
-        print(format_variants((height, width), timings), flush=True)
-        results.append({"size": [height, width], **timings})
-    if args.record:
-        entry = {
-            "date": datetime.date.today().isoformat(),
-            "environment": environment(torch.device(args.device)),
-            "config_file": args.config_file,
-            "opts": args.opts,
-            "train_batch": args.train_batch,
-            "reps": args.reps,
-            "results": results,
-        }
-        append_record(Path(args.records), entry)
-        print(f"recorded in {args.records}")
+    run_at_sizes(args, lambda args: variant_timings(args, args.variants), format_variants)
     return 0
 
 

@@ -44,6 +44,57 @@ def add_check_arguments(parser: argparse.ArgumentParser, config_file: str) -> No
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
 
 
+def image_size(text: str) -> Tuple[int, int]:
+    """``HxW`` -> (H, W), for ``--sizes``."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--sizes {text!r}: expected HEIGHTxWIDTH, e.g. 512x640")
+    return height, width
+
+
+def add_size_and_record_arguments(parser: argparse.ArgumentParser, records: Path) -> None:
+    """``--sizes`` (default 512x640 and 800x1333), ``--records`` and ``--record``."""
+    parser.add_argument(
+        "--sizes", type=image_size, nargs="+", default=[(512, 640), (800, 1333)], metavar="HxW"
+    )
+    parser.add_argument("--records", default=str(records), help="the JSON list of past runs")
+    parser.add_argument("--record", action="store_true", help="append this run to --records")
+
+
+def record_results(args: argparse.Namespace, results: List[dict]) -> None:
+    """Append ``results`` (one dict per size), with the machine, versions, date and the
+    settings of ``args``, to ``args.records``."""
+    entry = {
+        "date": datetime.date.today().isoformat(),
+        "environment": environment(torch.device(args.device)),
+        "config_file": args.config_file,
+        "opts": args.opts,
+        "train_batch": args.train_batch,
+        "reps": args.reps,
+        "results": results,
+    }
+    append_record(Path(args.records), entry)
+    print(f"recorded in {args.records}")
+
+
+def run_at_sizes(
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace], dict],
+    describe: Callable[[Tuple[int, int], dict], str],
+) -> None:
+    """``measure(args)`` at each of ``args.sizes`` (set as args.height, args.width), the
+    text ``describe(size, figures)`` printed after each, all recorded if ``args.record``."""
+    results = []
+    for height, width in args.sizes:
+        args.height, args.width = height, width
+        figures = measure(args)
+        print(describe((height, width), figures), flush=True)
+        results.append({"size": [height, width], **figures})
+    if args.record:
+        record_results(args, results)
+
+
 def _phase_steps(contender: Contender, train_samples, infer_samples) -> Dict[str, Callable]:
     """One training step and one inference of ``contender``, as callables."""
     model = contender.model
