@@ -66,7 +66,6 @@ class _TracedBackbone(nn.Module):
     def __init__(self, traced: torch.jit.ScriptModule, original: nn.Module):
         super().__init__()
         self.traced = traced
-        self.names = list(original.output_shape())
         self.size_divisibility = original.size_divisibility
         self.padding_constraints = original.padding_constraints
         self._shapes = original.output_shape()
@@ -75,7 +74,7 @@ class _TracedBackbone(nn.Module):
         return self._shapes
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
-        return dict(zip(self.names, self.traced(x)))
+        return dict(zip(self._shapes, self.traced(x)))
 
 
 def _freeze(module: nn.Module, example: tuple) -> torch.jit.ScriptModule:
