@@ -108,6 +108,10 @@ def add_fcos_config(cfg: CN) -> None:
     # and head, and frozen BatchNorm folded into the preceding conv of the ResNet.
     _C.MODEL.FCOS.CHANNELS_LAST = True
     _C.MODEL.FCOS.FOLD_FROZEN_BN = True
+    # Inference only: "float32", or "bfloat16" to run backbone and head under bfloat16
+    # autocast (about 2x faster on a CPU with AVX-512 BF16 or AMX; scores move by ~1e-2).
+    # Decoding and NMS stay in float32; training is unaffected.
+    _C.MODEL.FCOS.INFERENCE_DTYPE = "float32"
 
 
 def merge_config(config_file: str, opts: Sequence[str] = ()) -> CN:

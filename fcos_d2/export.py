@@ -56,6 +56,12 @@ class FCOSExportModule(nn.Module):
                 f"MODEL.FCOS.NMS_TYPE {model.successors.nms_type} does not export (its loop "
                 "runs once per detection kept); export with MODEL.FCOS.NMS_TYPE hard"
             )
+        if model.inference_dtype != "float32":
+            raise ValueError(
+                f"MODEL.FCOS.INFERENCE_DTYPE {model.inference_dtype} does not export (the "
+                "export is checked against float32 detections); export with "
+                "MODEL.FCOS.INFERENCE_DTYPE float32"
+            )
         self.model = model
 
     def preprocess(self, image: Tensor) -> Tensor:

@@ -30,6 +30,13 @@ def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_check_arguments(parser, str(REPO / "configs" / "FCOS_R_50_1x.yaml"))
     add_size_and_record_arguments(parser, RECORDS)
+    parser.add_argument(
+        "--profile-reps",
+        type=int,
+        default=1,
+        help="profiled repetitions of each model's step, for the convolution seconds inside "
+        "it (0: none; a profiled 512x640 training step takes about 20 s on 2 cores)",
+    )
     return parser
 
 

@@ -158,7 +158,9 @@ def floor_timings(args) -> dict:
         ``{"seconds": {name: {phase: [s, ...]}}, "conv_gflops": {name: {phase: GFLOPs}},
         "conv_calls": {phase: count}, "inside_steps": {name: {phase: figures}}}``, names
         fcos_d2, d2_fcos and conv_floor; "inside_steps" (CPU only) holds each step's own
-        convolution seconds by the profiler (:func:`.conv_profile.convolution_seconds`).
+        convolution seconds by the profiler (:func:`.conv_profile.convolution_seconds`),
+        for the two models, each step profiled ``args.profile_reps`` times (0: not at all;
+        a profiled step runs several times slower than a timed one).
     """
     device = torch.device(args.device)
     steps, models = model_steps(args)
@@ -180,11 +182,16 @@ def floor_timings(args) -> dict:
         "conv_gflops": gflops,
         "conv_calls": {phase: len(ours[phase]) for phase in PHASES},
     }
-    if device.type == "cpu":  # on a GPU the profiler's CPU times are launches, not kernels
+    profile_reps = getattr(args, "profile_reps", 1)
+    # On a GPU the profiler's CPU times are launches, not kernels; the floor is all convolution.
+    if device.type == "cpu" and profile_reps > 0:
         with EventStorage():
             timings["inside_steps"] = {
-                name: {phase: convolution_seconds(step) for phase, step in by_phase.items()}
-                for name, by_phase in steps.items()
+                name: {
+                    phase: convolution_seconds(step, reps=profile_reps)
+                    for phase, step in steps[name].items()
+                }
+                for name in models
             }
     return timings
 

@@ -26,6 +26,7 @@ from .targets import LocationGrid, assign_targets, make_location_grid, sanitize_
 
 # Grids kept per (feature sizes, device); multi-scale training sees a few dozen.
 _GRID_CACHE_SIZE = 64
+INFERENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @META_ARCH_REGISTRY.register()
@@ -56,6 +57,7 @@ class FCOS(DenseDetector):
         detections_per_image: int = 100,
         successors: SuccessorOptions = SuccessorOptions(),
         channels_last: bool = False,
+        inference_dtype: str = "float32",
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
     ):
@@ -81,6 +83,8 @@ class FCOS(DenseDetector):
                 loss, NMS), see ``successors``; the default is plain FCOS.
             channels_last: run backbone and head on channels-last tensors (faster convs
                 on CPU and on tensor-core GPUs; same function).
+            inference_dtype: "float32", or "bfloat16": backbone and head run under
+                bfloat16 autocast at inference (decoding and NMS in float32).
             pixel_mean, pixel_std: input normalisation.
         """
         super().__init__(
@@ -91,6 +95,11 @@ class FCOS(DenseDetector):
                 f"MODEL.FCOS.BOX_LOSS_TYPE must be one of {BOX_LOSS_TYPES}, got {box_loss_type!r}"
             )
         check_iou_loss_smoothing(box_loss_type, iou_loss_smoothing)
+        if inference_dtype not in INFERENCE_DTYPES:
+            raise ValueError(
+                f"MODEL.FCOS.INFERENCE_DTYPE must be one of {tuple(INFERENCE_DTYPES)}, "
+                f"got {inference_dtype!r}"
+            )
         self.strides = list(strides)
         self.num_classes = num_classes
         self.sizes_of_interest = list(sizes_of_interest)
@@ -110,6 +119,7 @@ class FCOS(DenseDetector):
         self.detections_per_image = detections_per_image
         self.successors = successors
         self.channels_last = channels_last
+        self.inference_dtype = inference_dtype
         if channels_last:
             self.to(memory_format=torch.channels_last)
         self._grids: Dict[Tuple, LocationGrid] = {}
@@ -144,6 +154,7 @@ class FCOS(DenseDetector):
             "detections_per_image": fcos.DETECTIONS_PER_IMAGE,
             "successors": SuccessorOptions.from_config(fcos),
             "channels_last": fcos.CHANNELS_LAST,
+            "inference_dtype": fcos.INFERENCE_DTYPE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -164,11 +175,14 @@ class FCOS(DenseDetector):
         """
         with record_function("fcos_d2.preprocess"):
             images = self.preprocess_image(batched_inputs)
-        with record_function("fcos_d2.backbone_fpn"):
-            features = self.backbone(images.tensor)
-            features = [features[f] for f in self.head_in_features]  # (N, C, H_l, W_l) each
-        with record_function("fcos_d2.head"):
-            predictions = self.head(features)  # per level (N, K | 4 | 1, H_l, W_l)
+        with self.inference_autocast():
+            with record_function("fcos_d2.backbone_fpn"):
+                features = self.backbone(images.tensor)
+                features = [features[f] for f in self.head_in_features]  # (N, C, H_l, W_l)
+            with record_function("fcos_d2.head"):
+                predictions = self.head(features)  # per level (N, K | 4 | 1, H_l, W_l)
+        if predictions[0][0].dtype != torch.float32:  # decode and NMS in float32
+            predictions = tuple([p.float() for p in per_level] for per_level in predictions)
 
         if self.training:
             assert "instances" in batched_inputs[0], "Instance annotations are missing in training!"
@@ -188,6 +202,12 @@ class FCOS(DenseDetector):
                 instances = detector_postprocess(results_per_image, height, width)
                 processed_results.append({"instances": instances})
         return processed_results
+
+    def inference_autocast(self) -> torch.autocast:
+        """Autocast to ``inference_dtype`` in eval mode; a no-op in training and in float32."""
+        dtype = INFERENCE_DTYPES[self.inference_dtype]
+        enabled = not self.training and dtype != torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         images = super().preprocess_image(batched_inputs)

@@ -6,6 +6,7 @@ import torch
 from conftest import CONFIGS, load_config, make_instances, randomize_frozen_bn
 from detectron2.layers import Conv2d
 from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
 
 from fcos_d2.modeling.speedups import FrozenBNFoldedConv2d
 
@@ -155,3 +156,54 @@ def test_location_grid_is_built_once_per_feature_size():
         torch.device("cpu"),
     )
     assert torch.equal(first.points, fresh.points)
+
+
+BF16 = ["MODEL.FCOS.INFERENCE_DTYPE", "bfloat16", "MODEL.FCOS.SCORE_THRESH_TEST", "0.0"]
+
+
+def _head_dtypes(model) -> list:
+    seen = []
+    model.head.register_forward_hook(lambda m, i, out: seen.append(out[0][0].dtype))
+    return seen
+
+
+def test_bfloat16_inference_runs_the_head_in_bfloat16_and_detects_in_float32():
+    torch.manual_seed(0)
+    fp32 = build_model(load_config(opts=["MODEL.FCOS.SCORE_THRESH_TEST", "0.0"])).eval()
+    bf16 = build_model(load_config(opts=BF16)).eval()
+    bf16.load_state_dict(fp32.state_dict())
+    fp32_dtypes, bf16_dtypes = _head_dtypes(fp32), _head_dtypes(bf16)
+    image = {"image": torch.rand(3, 64, 80) * 255}
+    with torch.no_grad():
+        expected = fp32([image])[0]["instances"]
+        got = bf16([image])[0]["instances"]
+    assert fp32_dtypes == [torch.float32] and bf16_dtypes == [torch.bfloat16]
+    assert got.scores.dtype == torch.float32 and got.pred_boxes.tensor.dtype == torch.float32
+    # The same model: the best score moves by bfloat16's rounding, not by more.
+    assert len(got) > 0
+    assert got.scores[0].item() == pytest.approx(expected.scores[0].item(), rel=0.05)
+    assert not torch.equal(got.scores[: len(expected)], expected.scores[: len(got)])
+
+
+def test_bfloat16_inference_leaves_training_in_float32():
+    model = build_model(load_config(opts=BF16)).train()
+    seen = _head_dtypes(model)
+    image = torch.rand(3, 64, 80) * 255
+    batch = [{"image": image, "instances": make_instances((64, 80), [[4, 6, 30, 40]], [0])}]
+    with EventStorage():
+        losses = model(batch)
+    assert seen == [torch.float32]
+    assert all(v.dtype == torch.float32 for v in losses.values())
+
+
+def test_unknown_inference_dtype_names_the_key():
+    with pytest.raises(ValueError, match="MODEL.FCOS.INFERENCE_DTYPE.*'float16'"):
+        build_model(load_config(opts=["MODEL.FCOS.INFERENCE_DTYPE", "float16"]))
+
+
+def test_bfloat16_export_is_refused_by_name():
+    from fcos_d2.export import FCOSExportModule
+
+    model = build_model(load_config(opts=BF16)).eval()
+    with pytest.raises(ValueError, match="MODEL.FCOS.INFERENCE_DTYPE bfloat16"):
+        FCOSExportModule(model)

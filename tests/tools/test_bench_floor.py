@@ -118,6 +118,7 @@ def test_tool_prints_the_three_and_records(tmp_path, capsys):
     assert flops["fcos_d2"]["infer"] == pytest.approx(flops["d2_fcos"]["infer"], rel=0.02)
     assert result["conv_calls"]["train"] > 50
     assert "inside each step" in out
+    assert set(result["inside_steps"]) == {"fcos_d2", "d2_fcos"}  # the floor is all convs
     inside = result["inside_steps"]["fcos_d2"]
     assert inside["train"]["backward_calls"] > 0 and inside["infer"]["backward_calls"] == 0
 
