@@ -7,7 +7,8 @@ profiler times the stages of the model as it is (``fcos_d2.benchmark.stages`` do
 Naming: N images, R locations over all levels, K classes.
 """
 
-from typing import Any, Dict, List, Sequence, Tuple, Union
+import contextlib
+from typing import Any, ContextManager, Dict, List, Sequence, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -203,11 +204,16 @@ class FCOS(DenseDetector):
                 processed_results.append({"instances": instances})
         return processed_results
 
-    def inference_autocast(self) -> torch.autocast:
-        """Autocast to ``inference_dtype`` in eval mode; a no-op in training and in float32."""
+    def inference_autocast(self) -> ContextManager:
+        """Autocast to ``inference_dtype`` in eval mode; in training or float32, a no-op.
+
+        The no-op is a null context, not a disabled autocast: a disabled autocast would
+        switch off the trainer's own AMP (``SOLVER.AMP.ENABLED``) around the model.
+        """
         dtype = INFERENCE_DTYPES[self.inference_dtype]
-        enabled = not self.training and dtype != torch.float32
-        return torch.autocast(self.device.type, dtype=dtype, enabled=enabled)
+        if self.training or dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def preprocess_image(self, batched_inputs: List[Dict[str, Tensor]]) -> ImageList:
         images = super().preprocess_image(batched_inputs)
