@@ -196,6 +196,18 @@ def test_bfloat16_inference_leaves_training_in_float32():
     assert all(v.dtype == torch.float32 for v in losses.values())
 
 
+def test_the_trainers_amp_reaches_the_head_with_inference_dtype_float32():
+    # SOLVER.AMP.ENABLED wraps the model's forward in autocast; the model must not undo it.
+    model = build_model(load_config()).train()
+    seen = _head_dtypes(model)
+    image = torch.rand(3, 64, 80) * 255
+    batch = [{"image": image, "instances": make_instances((64, 80), [[4, 6, 30, 40]], [0])}]
+    with EventStorage(), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch)
+    assert seen == [torch.bfloat16]
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_unknown_inference_dtype_names_the_key():
     with pytest.raises(ValueError, match="MODEL.FCOS.INFERENCE_DTYPE.*'float16'"):
         build_model(load_config(opts=["MODEL.FCOS.INFERENCE_DTYPE", "float16"]))
