@@ -271,8 +271,11 @@ def write_report(
     plots.plot_recall_vs_iou(all_results, os.path.join(output_dir, "recall_vs_iou.png"), shown)
     records = judge_all(all_results, plateaus)
 
+    against_rcnn = any(s.meta_architecture != "FCOS" for s in series)
     lines = [
-        "# FCOS against R-CNN baselines: do the claims hold?",
+        "# FCOS against R-CNN baselines: do the claims hold?"
+        if against_rcnn
+        else "# FCOS variants against the default FCOS",
         "",
         f"Command: `{command}`" if command else "",
         "",

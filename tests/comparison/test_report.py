@@ -38,6 +38,7 @@ def test_report_end_to_end_from_saved_runs(tmp_path):
     assert fcos["train_seconds"] == [40.0, 40.0]
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## hand (40 images, 60 boxes)" in text and "**supported**" in text
+    assert text.startswith("# FCOS against R-CNN baselines")
     for plot in ("ap_vs_time.png", "recall_by_overlap.png", "recall_vs_iou.png"):
         assert (tmp_path / "report" / plot).stat().st_size > 1000
 
@@ -146,6 +147,7 @@ def test_variants_are_reported_against_the_judged_model_of_their_kind(tmp_path):
     text = (tmp_path / "report" / "report.md").read_text()
     assert "### Variants against their reference" in text
     assert "fcos_half (iterations) − fcos" in text
+    assert text.startswith("# FCOS variants against the default FCOS")  # no R-CNN here
 
 
 def test_a_run_trained_for_the_judged_models_schedule_time_meets_its_schedule_runs(tmp_path):
